@@ -1,0 +1,33 @@
+"""classicnets: the classic CNN image classifiers (LeNet-5, AlexNet, VGG, GoogLeNet, ResNet), done properly.
+
+The public API is re-exported here lazily, so `import classicnets` (and `classicnets --help`) does not pay for
+importing torch until a function is used.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "create_model": "classicnets.registry",
+    "list_models": "classicnets.registry",
+    "get_model_info": "classicnets.registry",
+    "register_model": "classicnets.registry",
+    "Preprocessing": "classicnets.registry",
+    "summarize": "classicnets.summary",
+    "ClassicNetsError": "classicnets.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'classicnets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,64 @@
+"""The `classicnets` command: argument parsing only (flags -> one library call -> exit code).
+
+Each group of verbs lives in its own module here and adds its sub-commands through `register(subparsers)`.
+Nothing in this package imports torch at module level, so `classicnets --help` and `classicnets CMD --help`
+answer at once; a command's handler imports the library when it runs.
+
+Exit codes: 0 success, 1 runtime failure (bad data, bad weights), 2 usage or config error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from classicnets import __version__
+from classicnets.cli import inspect_cmds
+
+# Modules that add sub-commands, in the order `--help` lists them.
+COMMAND_MODULES = [inspect_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+    parser = argparse.ArgumentParser(
+        prog="classicnets",
+        description="The classic CNN image classifiers (LeNet-5, AlexNet, VGG, GoogLeNet, ResNet), done properly.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"classicnets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("PIL").setLevel(logging.WARNING)
+    from classicnets.errors import ClassicNetsError
+
+    try:
+        return int(args.handler(args) or 0)
+    except ClassicNetsError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `classicnets models | head`
+        return 0
+    except Exception as e:  # a bug: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1

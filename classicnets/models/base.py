@@ -1,0 +1,63 @@
+"""What every classicnets model shares: the input-size check and a replaceable classifier head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from classicnets.errors import InputSizeError
+
+
+class ClassicNet(nn.Module):
+    """Base class of the built-in models.
+
+    Subclasses set `min_input_size` (the smallest square input, in pixels, the layers can reduce without running
+    out of pixels) and `head` (the dotted name of the final nn.Linear). They either define `features`, `avgpool`
+    and `classifier` and use the forward below, or write their own forward that starts with `self.check_input(x)`,
+    so a too-small image fails with one clear line instead of a shape error deep inside a layer.
+    """
+
+    min_input_size: int = 1
+    head: str = "classifier"
+    # Extra heads replaced together with the main one (GoogLeNet's auxiliary classifiers).
+    extra_heads: tuple[str, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The torchvision shape shared by LeNet, AlexNet and VGG; GoogLeNet and ResNet override it.
+        self.check_input(x)
+        x = self.avgpool(self.features(x))  # N x C x h x w
+        return self.classifier(torch.flatten(x, 1))  # N x num_classes
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise InputSizeError(f"{type(self).__name__} expects a batch N x C x H x W, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h < self.min_input_size or w < self.min_input_size:
+            raise InputSizeError(
+                f"input {h}x{w} is too small for {type(self).__name__}: "
+                f"the minimum is {self.min_input_size}x{self.min_input_size}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.get_classifier().out_features
+
+    def get_classifier(self) -> nn.Linear:
+        return self.get_submodule(self.head)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final layer (and any auxiliary heads) by freshly initialised ones with `num_classes` outputs."""
+        for name in (self.head, *self.extra_heads):
+            try:
+                old = self.get_submodule(name)
+            except AttributeError:  # an optional head that is switched off (aux1 = None)
+                continue
+            new = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+            self._init_new_head(new)
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent_name) if parent_name else self, child, new)
+
+    def _init_new_head(self, layer: nn.Linear) -> None:
+        """How a replaced head is initialised; models override this to follow their paper's init."""
+        nn.init.normal_(layer.weight, 0.0, 0.01)
+        nn.init.zeros_(layer.bias)

@@ -1,0 +1,160 @@
+"""Model registry: register_model, create_model, list_models, and what each model expects as input.
+
+Modelled on torchvision's `models/_api.py` and timm's `_registry.py`: a builder function is registered under a
+lower-case name together with its input convention, so data loading, checkpoints, `eval` and `predict` can ask the
+registry instead of hard-coding sizes and means.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from classicnets.errors import UnknownModelError, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torchvision's ImageNet statistics, RGB, pixels in [0, 1] (torchvision weight metadata; FACTS.md).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe's bvlc_alexnet convention: BGR, pixels in [0, 255], mean [104, 117, 124] subtracted, no std (FACTS.md).
+CAFFE_BGR_MEAN = (104.0, 117.0, 124.0)
+# MNIST training-set statistics used by the PyTorch MNIST example (pixels in [0, 1]).
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be turned into a model's input tensor.
+
+    Pixels are first scaled to [0, pixel_scale] (1.0 for torchvision's convention, 255.0 for Caffe's), put in
+    `channel_order`, then normalised as (x - mean) / std. Evaluation resizes the short side to `resize_size`
+    (no resize when None) and centre-crops `input_size[1:]`; an image smaller than the crop is padded with zeros
+    (so 28x28 digits become LeNet-5's 32x32 input, as LeCun et al. 1998 centred them in a 32x32 field).
+    """
+
+    input_size: tuple[int, int, int]  # (channels, height, width)
+    resize_size: int | None = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channel_order: str = "RGB"  # "RGB", "BGR" or "L" (one channel)
+    pixel_scale: float = 1.0
+    interpolation: str = "bilinear"
+
+    def with_channels(self, in_chans: int) -> Preprocessing:
+        """The same convention for a model with `in_chans` input channels (1 = grayscale)."""
+        if in_chans == self.input_size[0]:
+            return self
+        if in_chans == 1:
+            mean, std, order = (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),), "L"
+        elif in_chans == 3 and len(self.mean) == 1:
+            mean, std, order = self.mean * 3, self.std * 3, "RGB"
+        else:
+            raise UsageError(f"in_chans must be 1 or 3, got {in_chans}")
+        return replace(self, input_size=(in_chans, *self.input_size[1:]), mean=mean, std=std, channel_order=order)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown preprocessing keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        for key in ("input_size", "mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: its builder and what it expects."""
+
+    name: str
+    builder: Callable[..., nn.Module] = field(repr=False)
+    family: str
+    preprocessing: Preprocessing
+    min_size: int  # smallest square input (pixels) the network can process
+    paper: str  # citation and link
+    description: str = ""
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.preprocessing.input_size
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    preprocessing: Preprocessing,
+    min_size: int,
+    paper: str,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder `fn(*, num_classes, in_chans, **kwargs) -> nn.Module` under `name`."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(name, builder, family, preprocessing, min_size, paper, description)
+        return builder
+
+    return decorator
+
+
+def _load_builtin_models() -> None:
+    import classicnets.models  # noqa: F401  (importing registers every built-in model)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern (`"resnet*"`), sorted."""
+    _load_builtin_models()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The ModelInfo of `name`; an unknown name raises UnknownModelError listing the closest names."""
+    _load_builtin_models()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name.lower(), _REGISTRY, n=4, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(sorted(_REGISTRY))}"
+        raise UnknownModelError(f"unknown model {name!r}; {hint}") from None
+
+
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model with freshly initialised weights.
+
+    `num_classes` sets the classifier's outputs (default: the model's own, 1000 for ImageNet models, 10 for LeNet-5),
+    `in_chans` the input channels (1 for digits, 3 for photos); other keyword arguments go to the model's builder
+    (for example `lrn="caffe"` for `alexnet2012`, `aux_logits=True` for `googlenet`). The model's preprocessing is
+    attached as `model.preprocessing` and its registered name as `model.model_name`.
+    """
+    info = get_model_info(name)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise UsageError(f"num_classes must be at least 1, got {num_classes}")
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        if in_chans not in (1, 3):
+            raise UsageError(f"in_chans must be 1 or 3, got {in_chans}")
+        kwargs["in_chans"] = in_chans
+    try:
+        model = info.builder(**kwargs)
+    except TypeError as e:  # an unknown keyword for this builder
+        raise UsageError(f"{name}: {e}") from None
+    model.preprocessing = info.preprocessing.with_channels(in_chans or info.input_size[0])
+    model.model_name = name
+    return model

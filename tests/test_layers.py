@@ -1,0 +1,94 @@
+"""The LRN layer against plain reference implementations of the paper's and Caffe's formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from classicnets.models.layers import LocalResponseNorm, use_torch_lrn
+
+
+def reference_lrn(a: torch.Tensor, *, size: int, alpha: float, beta: float, k: float, divide_by_n: bool):
+    """b_c = a_c / (k + alpha' * sum_{j = c - n/2}^{c + n/2} a_j^2) ** beta, written out channel by channel.
+
+    Paper (Krizhevsky et al. 2012, section 3.3): alpha' = alpha. Caffe (LRNLayer, ACROSS_CHANNELS): alpha' = alpha / n.
+    """
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    scale = alpha / size if divide_by_n else alpha
+    for c in range(channels):
+        lo, hi = max(0, c - size // 2), min(channels - 1, c + (size - 1) // 2)
+        window = (a[:, lo : hi + 1] ** 2).sum(dim=1)
+        out[:, c] = a[:, c] / (k + scale * window) ** beta
+    return out
+
+
+PRESETS = {
+    "paper": dict(size=5, alpha=1e-4, beta=0.75, k=2.0, divide_by_n=False),
+    "caffe": dict(size=5, alpha=1e-4, beta=0.75, k=1.0, divide_by_n=True),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_forward_and_gradient_equal_the_reference_formula(preset):
+    # Activations of the size AlexNet's conv1 produces after ReLU (tens to hundreds), where the
+    # normalisation actually bites; at unit scale LRN is nearly the identity and a wrong alpha would pass.
+    x = (torch.rand(2, 12, 5, 6, dtype=torch.float64) * 200).requires_grad_()
+    lrn = LocalResponseNorm.preset(preset)
+    ours = lrn(x)
+    ref = reference_lrn(x, **PRESETS[preset])
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=0)
+    assert (ours / x).min() < 0.5  # the denominators really differ from 1
+    g = torch.randn_like(ours)
+    (g_ours,) = torch.autograd.grad(ours, x, g)
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gradcheck_float64(preset):
+    x = (torch.rand(2, 7, 3, 4, dtype=torch.float64) * 50).requires_grad_()
+    assert torch.autograd.gradcheck(LocalResponseNorm.preset(preset), (x,))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_equals_torch_local_response_norm_in_float32(preset):
+    lrn = LocalResponseNorm.preset(preset)
+    torch_lrn = lrn.to_torch()
+    assert isinstance(torch_lrn, nn.LocalResponseNorm)
+    x1 = (torch.rand(4, 96, 13, 13) * 100).requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = lrn(x1), torch_lrn(x2)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_and_even_window():
+    x = torch.rand(2, 9, 6, 6) * 30
+    lrn = LocalResponseNorm(size=4, alpha=1e-3, beta=0.5, k=1.0, alpha_over_size=True)
+    expected = nn.LocalResponseNorm(4, alpha=1e-3, beta=0.5, k=1.0)(x)
+    torch.testing.assert_close(lrn(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lrn(x.to(memory_format=torch.channels_last)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_use_torch_lrn_swaps_every_layer_and_keeps_the_output():
+    from classicnets.registry import create_model
+
+    model = create_model("alexnet2012", num_classes=5).eval()
+    x = torch.rand(1, 3, 227, 227)
+    with torch.no_grad():
+        before = model(x)
+        use_torch_lrn(model)
+        after = model(x)
+    kinds = [type(m) for m in model.modules()]
+    assert kinds.count(nn.LocalResponseNorm) == 2 and LocalResponseNorm not in kinds
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown LRN preset 'tf'"):
+        LocalResponseNorm.preset("tf")
