@@ -1,0 +1,105 @@
+"""What a classicnets checkpoint holds, written atomically and read without running code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)`
+reads it (the loader refuses anything else; we never fall back to an unsafe load):
+
+    format          "classicnets-checkpoint"
+    version         1
+    model           {"name": registered model name, "kwargs": builder keyword arguments (num_classes, in_chans, ...)}
+    state_dict      the model's weights
+    classes         class names, index order
+    preprocessing   Preprocessing.to_dict(): input size, resize, mean/std, channel order, pixel scale
+    # optional, written by training:
+    epoch, optimizer, scheduler, scaler, rng, config, metrics, ...
+
+`eval` and `predict` need nothing but this file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classicnets.errors import WeightsError
+from classicnets.fileio import atomic_write_bytes
+from classicnets.registry import Preprocessing, create_model
+
+FORMAT = "classicnets-checkpoint"
+VERSION = 1
+
+
+def build_checkpoint(
+    model: nn.Module, *, classes: list[str], model_kwargs: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The checkpoint dict for `model` (built by create_model) plus any training state in `extra`."""
+    state_dict = getattr(model, "_orig_mod", model).state_dict()  # unwrap torch.compile
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": model.model_name, "kwargs": dict(model_kwargs)},
+        "state_dict": state_dict,
+        "classes": list(classes),
+        "preprocessing": model.preprocessing.to_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Serialise in memory, then write atomically (temporary file, flush, fsync, rename)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a classicnets checkpoint safely (weights_only=True), with one-line errors for every bad file."""
+    path = Path(path)
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a classicnets checkpoint (use `classicnets import` for other weight files)")
+    if data.get("version", 0) > VERSION:
+        raise WeightsError(f"{path}: checkpoint version {data['version']} is newer than this classicnets supports")
+    missing = {"model", "state_dict", "classes", "preprocessing"} - set(data)
+    if missing:
+        raise WeightsError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+    return data
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True on the CPU; any failure becomes one WeightsError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise WeightsError(
+            f"{path}: refused: the file contains Python objects that could run code ({first[:160]}); "
+            "only plain tensors and containers are loaded"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: unreadable or truncated weight file ({reason[:160]})") from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """Rebuild the model of a checkpoint and load its weights strictly; preprocessing and classes attached."""
+    spec = checkpoint["model"]
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"checkpoint weights do not fit {spec['name']}: {str(e).splitlines()[0]}") from None
+    model.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+    model.classes = list(checkpoint["classes"])
+    return model

@@ -1,0 +1,75 @@
+"""Devices and numerics: pick the device, the precision and the fastest safe layout for it.
+
+`train`, `eval`, `predict` and `bench` all go through here, so the fast path is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+
+from classicnets.errors import UsageError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu. Asking for a device that is absent is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available on this machine (use --device cpu or auto)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {name}: Apple MPS is not available on this machine (use --device cpu or auto)")
+    return device
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX), so bf16 autocast is a speed-up."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware runs it natively (CPUs with AVX-512 BF16/AMX, CUDA from Ampere on),
+    else 'fp32'. Explicit 'bf16'/'fp16' on hardware that cannot do them is a usage error."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        bf16_ok = cpu_has_native_bf16()
+    else:
+        bf16_ok = False
+    if precision == "auto":
+        return "bf16" if bf16_ok else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise UsageError("--precision fp16 is for GPUs; on a CPU use bf16 (if supported) or fp32")
+    if precision == "bf16" and not bf16_ok and device.type != "cpu":
+        raise UsageError(f"--precision bf16 is not supported on {device}")
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed-precision context for the forward pass ('fp32' does nothing)."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

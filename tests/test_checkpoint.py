@@ -1,0 +1,68 @@
+"""Checkpoints round-trip through weights_only loading; bad files give one-line errors; writes are atomic."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from classicnets.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from classicnets.errors import WeightsError
+from classicnets.fileio import atomic_open, atomic_write_text
+from classicnets.registry import create_model
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    model = create_model("lenet5", num_classes=3).eval()
+    ckpt = build_checkpoint(model, classes=["a", "b", "c"], model_kwargs={"num_classes": 3}, epoch=4)
+    save_checkpoint(tmp_path / "w.pt", ckpt)
+    loaded = load_checkpoint(tmp_path / "w.pt")
+    assert loaded["epoch"] == 4 and loaded["classes"] == ["a", "b", "c"]
+    rebuilt = model_from_checkpoint(loaded).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(x), rebuilt(x))
+    assert rebuilt.classes == ["a", "b", "c"] and rebuilt.preprocessing == model.preprocessing
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]  # no temporary file left behind
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(WeightsError, match="empty.pt: the file is empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(WeightsError, match="missing.pt: no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_checkpoint(create_model("lenet5"), classes=list("0123456789"), model_kwargs={}))
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="cut.pt: unreadable or truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"just": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="other.pt: not a classicnets checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    _Exploit.marker = marker
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "classicnets-checkpoint", "payload": _Exploit()}, evil, pickle_module=pickle)
+    with pytest.raises(WeightsError, match="evil.pt: refused: the file contains Python objects"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.csv"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("half a")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
