@@ -35,16 +35,15 @@ FORMAT = "classicnets-checkpoint"
 VERSION = 1
 
 
-def build_checkpoint(
-    model: nn.Module, *, classes: list[str], model_kwargs: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
+def build_checkpoint(model: nn.Module, *, classes: list[str], **extra: Any) -> dict[str, Any]:
     """The checkpoint dict for `model` (built by create_model) plus any training state in `extra`."""
-    state_dict = getattr(model, "_orig_mod", model).state_dict()  # unwrap torch.compile
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"name": model.model_name, "kwargs": dict(model_kwargs)},
-        "state_dict": state_dict,
+        "model": {"name": model.model_name, "kwargs": dict(model.model_kwargs)},
+        "state_dict": model.state_dict(),
         "classes": list(classes),
         "preprocessing": model.preprocessing.to_dict(),
         **extra,
@@ -100,6 +99,6 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as e:
         raise WeightsError(f"checkpoint weights do not fit {spec['name']}: {str(e).splitlines()[0]}") from None
-    model.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+    model.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])  # may differ (Caffe BGR weights)
     model.classes = list(checkpoint["classes"])
     return model

@@ -140,7 +140,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     `num_classes` sets the classifier's outputs (default: the model's own, 1000 for ImageNet models, 10 for LeNet-5),
     `in_chans` the input channels (1 for digits, 3 for photos); other keyword arguments go to the model's builder
     (for example `lrn="caffe"` for `alexnet2012`, `aux_logits=True` for `googlenet`). The model's preprocessing is
-    attached as `model.preprocessing` and its registered name as `model.model_name`.
+    attached as `model.preprocessing`, its registered name as `model.model_name` and the keyword arguments that
+    rebuild it as `model.model_kwargs`.
     """
     info = get_model_info(name)
     if num_classes is not None:
@@ -157,4 +158,5 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
         raise UsageError(f"{name}: {e}") from None
     model.preprocessing = info.preprocessing.with_channels(in_chans or info.input_size[0])
     model.model_name = name
+    model.model_kwargs = dict(kwargs)  # what rebuilds this model: create_model(name, **model_kwargs)
     return model

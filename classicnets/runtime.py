@@ -73,3 +73,29 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, *, channels_last: bool | None = None, compile: bool = False
+) -> torch.nn.Module:
+    """Move `model` to `device` in its fastest safe layout.
+
+    channels_last (None = automatic: on for CPU and CUDA, where oneDNN and cuDNN convolutions prefer NHWC);
+    `compile=True` wraps the model in torch.compile (the returned module; the original is `._orig_mod`).
+    Inputs must then be converted with `to_input_layout`.
+    """
+    if channels_last is None:
+        channels_last = device.type in ("cpu", "cuda")
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.channels_last = channels_last
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def to_input_layout(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """Give a 4-D input batch the memory layout `prepare_model` chose for `model`."""
+    model = getattr(model, "_orig_mod", model)
+    if getattr(model, "channels_last", False) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -15,11 +15,13 @@ from classicnets.registry import create_model
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):
-    model = create_model("lenet5", num_classes=3).eval()
-    ckpt = build_checkpoint(model, classes=["a", "b", "c"], model_kwargs={"num_classes": 3}, epoch=4)
+    model = create_model("lenet5", num_classes=5, activation="relu").eval()
+    model.reset_classifier(3)
+    ckpt = build_checkpoint(model, classes=["a", "b", "c"], epoch=4)
     save_checkpoint(tmp_path / "w.pt", ckpt)
     loaded = load_checkpoint(tmp_path / "w.pt")
     assert loaded["epoch"] == 4 and loaded["classes"] == ["a", "b", "c"]
+    assert loaded["model"] == {"name": "lenet5", "kwargs": {"num_classes": 3, "activation": "relu"}}
     rebuilt = model_from_checkpoint(loaded).eval()
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(model(x), rebuilt(x))
@@ -34,7 +36,7 @@ def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(WeightsError, match="missing.pt: no such file"):
         load_checkpoint(tmp_path / "missing.pt")
     good = tmp_path / "good.pt"
-    save_checkpoint(good, build_checkpoint(create_model("lenet5"), classes=list("0123456789"), model_kwargs={}))
+    save_checkpoint(good, build_checkpoint(create_model("lenet5"), classes=list("0123456789")))
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(WeightsError, match="cut.pt: unreadable or truncated"):
         load_checkpoint(tmp_path / "cut.pt")

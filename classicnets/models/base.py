@@ -56,6 +56,8 @@ class ClassicNet(nn.Module):
             self._init_new_head(new)
             parent_name, _, child = name.rpartition(".")
             setattr(self.get_submodule(parent_name) if parent_name else self, child, new)
+        if hasattr(self, "model_kwargs"):  # set by create_model; keeps checkpoints rebuildable
+            self.model_kwargs["num_classes"] = num_classes
 
     def _init_new_head(self, layer: nn.Linear) -> None:
         """How a replaced head is initialised; models override this to follow their paper's init."""
