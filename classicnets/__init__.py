@@ -18,6 +18,9 @@ _API = {
     "Preprocessing": "classicnets.registry",
     "summarize": "classicnets.summary",
     "ClassicNetsError": "classicnets.errors",
+    "load_weights": "classicnets.weights",
+    "finetune_surgery": "classicnets.weights",
+    "param_groups": "classicnets.weights",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,0 +1,25 @@
+"""Weights in and out: import Caffe's bvlc_alexnet.npy, torchvision state dicts and our own files safely,
+fine-tuning surgery, and export to safetensors, ONNX and TorchScript.
+
+    load.py        load_weights(path, model=..., num_classes=..., fmt=...): any file we read -> a ready model
+    safe_npy.py    the restricted unpickler for pickled .npy files (no code runs while loading)
+    caffe.py       bvlc_alexnet.npy: TensorFlow layout -> alexnet2012 with Caffe's LRN and preprocessing
+    state_dicts.py torchvision / plain state dicts: unwrap, strip prefixes, strict key and shape check
+    metadata.py    the model, preprocessing and class names written into exported files
+    surgery.py     finetune_surgery (re-initialise, freeze) and param_groups (a larger lr for new layers)
+    export.py      export(model, path, fmt=safetensors|onnx|torchscript)
+"""
+
+from classicnets.weights.load import FORMATS, detect_format, imagenet_classes, load_weights, replace_head
+from classicnets.weights.surgery import finetune_surgery, param_groups, resolve_layer
+
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "finetune_surgery",
+    "imagenet_classes",
+    "load_weights",
+    "param_groups",
+    "replace_head",
+    "resolve_layer",
+]

@@ -1,0 +1,106 @@
+"""Read a pickled object out of an `.npy` file without letting the pickle run code.
+
+`bvlc_alexnet.npy` is `np.save(path, {layer: [weights, biases]})`: an .npy header describing a 0-d object array,
+followed by a pickle of that array. `np.load(allow_pickle=True)` would unpickle it with the full `pickle` module,
+so a file from a stranger could call any function (`os.system`, ...). Here the header is parsed with numpy's own
+reader (which uses `ast.literal_eval`) and the pickle with an Unpickler whose `find_class` hands out only the few
+numpy functions that rebuild arrays and dtypes. Dicts, lists, tuples, strings, bytes and numbers are pickle opcodes,
+not globals, so they need no permission. Anything else is refused; there is no fallback to an unsafe load.
+"""
+
+from __future__ import annotations
+
+import _codecs
+import collections
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.lib.format as npy_format
+from numpy._core import multiarray as _multiarray
+from numpy._core import numeric as _numeric
+
+from classicnets.errors import WeightsError
+
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1"}
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """`_codecs.encode` limited to Latin-1: how Python 3 pickles bytes at protocol 2 (numpy array data)."""
+    if not isinstance(text, str) or encoding.lower() not in _LATIN1 or errors != "strict":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return _codecs.encode(text, "latin1")
+
+
+# (module, name) -> the object the pickle may use. numpy 1.x wrote `numpy.core.*`, numpy 2 writes `numpy._core.*`;
+# both map to the same functions, without importing numpy.core (a deprecated alias in numpy 2).
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1_encode,
+}
+for _core in ("numpy.core", "numpy._core"):
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct  # empty array of a dtype
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _multiarray.scalar  # a numpy scalar from dtype + bytes
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer  # protocol-5 arrays
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An Unpickler that can rebuild only containers, strings, numbers and numpy arrays/dtypes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+
+def load_pickled_npy(path: str | Path) -> Any:
+    """The object pickled inside an `.npy` file (a 0-d object array is unwrapped), loaded without running code.
+
+    Raises WeightsError (one line naming the file) for a file that is not .npy, is truncated or garbled, holds a
+    plain numeric array instead of a pickle, or whose pickle asks for anything beyond the allowed globals.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            try:
+                version = npy_format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = npy_format.read_array_header_1_0(f)
+                else:  # 2.0 and 3.0 differ from 1.0 only in the header length field (and 3.0 in its encoding)
+                    shape, _, dtype = npy_format.read_array_header_2_0(f)
+            except (ValueError, SyntaxError, EOFError) as e:
+                raise WeightsError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
+            if not dtype.hasobject:
+                raise WeightsError(
+                    f"{path}: holds a plain {dtype} array of shape {shape}, not the pickled dict of layers "
+                    "that bvlc_alexnet.npy holds"
+                )
+            # encoding="latin1": Python 2 pickles (the original bvlc_alexnet.npy) store array data as `str`;
+            # numpy documents latin1 as the encoding that turns them back into the original bytes.
+            obj = RestrictedUnpickler(f, encoding="latin1").load()
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as e:
+        message = _first_line(e)
+        if message.startswith("refused"):
+            raise WeightsError(
+                f"{path}: refused: the pickle inside asks for code ({message}); only dicts, lists, strings, "
+                "numbers and numpy arrays are loaded"
+            ) from None
+        raise WeightsError(f"{path}: truncated or corrupt pickle ({message})") from None
+    except (EOFError, MemoryError) as e:
+        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__})") from None
+    except Exception as e:  # garbled bytes make the unpickler fail in many ways (ValueError, KeyError, struct.error)
+        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {_first_line(e)})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
+        obj = obj.item()  # np.save wraps the dict in a 0-d object array
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
