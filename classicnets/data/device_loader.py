@@ -1,0 +1,61 @@
+"""The in-memory loader: a small decoded set (MNIST-style digits) kept as one uint8 tensor on the device.
+
+Batches are gathered, cropped and flipped on the device (airbench's approach): no workers, no decoding, no copies
+from the host per step. Same interface as loaders.Loader; `bad_files` is always empty (nothing is decoded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from classicnets.data import batch_transforms as bt
+from classicnets.data.datasets import InMemoryDataset
+from classicnets.data.loaders import EpochLoaderBase
+
+# ITU-R BT.601 luma weights, what PIL's convert("L") uses, for colour sets fed to a 1-channel model.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class DeviceLoader(EpochLoaderBase):
+    """Batches of an InMemoryDataset, augmented on `device`. See make_loader."""
+
+    def __init__(self, dataset: InMemoryDataset, **options):
+        super().__init__(dataset, **options)
+        images = dataset.images
+        self.images = (images.unsqueeze(1) if images.dim() == 3 else images).to(self.device)  # N x C x H x W
+        self.labels = torch.tensor(dataset.targets, dtype=torch.int64, device=self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.bad_files = []
+        t = self.transform
+        generator = torch.Generator().manual_seed(bt.mix_seed(self.seed, self.epoch, 3))
+        order = torch.tensor(self.epoch_indices(), dtype=torch.long)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.drop_last and len(index) < self.batch_size:
+                break
+            index = index.to(self.device)
+            x = self._channels(self.images[index], 1 if t.mode == "L" else 3)
+            if t.recipe == "modern":
+                x = bt.random_flip_batch(bt.random_resized_crop_batch(x, t.size, generator), generator)
+            else:
+                if t.resize_size:
+                    x = bt.resize_short_side_batch(x, t.resize_size, t.interpolation)
+                if t.recipe == "paper":
+                    x = bt.random_flip_batch(bt.random_crop_batch(x, t.size, generator), generator)
+                elif t.ten_crop:
+                    x = bt.ten_crop_batch(x, t.size)
+                else:
+                    x = bt.center_crop_batch(x, t.size)
+            yield x, self.labels[index]
+
+    @staticmethod
+    def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+        if x.shape[1] == channels:
+            return x
+        if channels == 3:
+            return x.expand(-1, 3, -1, -1).contiguous()
+        weights = torch.tensor(_LUMA, device=x.device)[None, :, None, None]
+        return (x.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)

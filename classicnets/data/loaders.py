@@ -1,0 +1,215 @@
+"""make_loader: batches of uint8 images with labels, deterministic per (seed, epoch), guarded against bad files.
+
+Determinism: shuffling is a permutation drawn from (seed, epoch); each sample's augmentation from its own
+generator seeded by (seed, epoch, sample index). So the batches of epoch e depend only on (seed, epoch), not on
+the number of workers, which worker decoded what, or on the epochs before (what bit-identical resume needs).
+Workers are also seeded from (seed, epoch, worker id), for any library that uses the global generators.
+
+Bad files: decoding happens inside a guard. A file that fails is left out of its batch (so that batch is smaller;
+a batch with no good sample is skipped), logged once with its reason, and listed in `loader.bad_files`. Too many
+failures end the epoch with a DataError: more than `max_bad_fraction` of the epoch's samples, or
+`max_bad_in_row` consecutive samples (a sign of a wrong path or a broken disk, not of a few bad photos).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from classicnets.data.batch_transforms import mix_seed
+from classicnets.data.datasets import ImageDataset, InMemoryDataset
+from classicnets.data.decode import BadImageError
+from classicnets.data.transforms import ImageTransform
+from classicnets.errors import DataError, UsageError
+from classicnets.registry import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(
+    dataset: ImageDataset,
+    *,
+    preprocessing: Preprocessing,
+    train: bool,
+    batch_size: int,
+    recipe: str = "paper",
+    workers: int = 0,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    drop_last: bool = False,
+    ten_crop: bool = False,
+    max_bad_fraction: float = 0.01,
+    max_bad_in_row: int = 20,
+    sampler: Sampler | None = None,
+    device: str | torch.device = "cpu",
+) -> Loader:
+    """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see DATA_API.md.
+
+    `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on
+    `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise UsageError(f"workers must be >= 0, got {workers}")
+    if not 0.0 <= max_bad_fraction <= 1.0 or max_bad_in_row < 1:
+        raise UsageError("max_bad_fraction must be in [0, 1] and max_bad_in_row at least 1")
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.source}: no samples to load")
+    shuffle = train if shuffle is None else shuffle
+    transform = ImageTransform(preprocessing, train=train, recipe=recipe, ten_crop=ten_crop)
+    options = dict(batch_size=batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
+                   device=torch.device(device))  # fmt: skip
+    if isinstance(dataset, InMemoryDataset):
+        from classicnets.data.device_loader import DeviceLoader
+
+        return DeviceLoader(dataset, transform=transform, **options)
+    return Loader(dataset, transform=transform, workers=workers, max_bad_fraction=max_bad_fraction,
+                  max_bad_in_row=max_bad_in_row, **options)  # fmt: skip
+
+
+class EpochLoaderBase:
+    """What both loaders share: epochs, the sample order of an epoch, len()."""
+
+    def __init__(self, dataset, *, transform, batch_size, seed, shuffle, drop_last, sampler, device):
+        self.dataset = dataset
+        self.transform = transform
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.sampler = sampler
+        self.device = device
+        self.epoch = 0
+        self.bad_files: list[tuple[str, str]] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shuffling and augmentation from (seed, epoch); forwarded to a DistributedSampler."""
+        self.epoch = int(epoch)
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def epoch_indices(self) -> list[int]:
+        """The sample order of the current epoch (before batching)."""
+        if self.sampler is not None:
+            return [int(i) for i in self.sampler]
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))
+        return torch.randperm(n, generator=generator).tolist()
+
+    def _num_samples(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class Loader(EpochLoaderBase):
+    """Image files through DataLoader workers, with the bad-file guard. See make_loader."""
+
+    def __init__(self, dataset, *, transform, workers, max_bad_fraction, max_bad_in_row, **options):
+        super().__init__(dataset, transform=transform, **options)
+        self.workers = workers
+        self.max_bad_fraction = max_bad_fraction
+        self.max_bad_in_row = max_bad_in_row
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.bad_files = []
+        batches = list(BatchSampler(self.epoch_indices(), self.batch_size, self.drop_last))
+        total = sum(len(b) for b in batches)
+        samples = _GuardedSamples(self.dataset, self.transform, self.seed, self.epoch)
+        loader = DataLoader(
+            samples,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=collate_guarded,
+            worker_init_fn=WorkerSeeder(self.seed, self.epoch) if self.workers else None,
+            pin_memory=self.device.type == "cuda",
+        )
+        in_row = 0
+        for images, labels, failures in loader:
+            for index, code, detail in failures:
+                in_row = in_row + 1 if index is not None else 0
+                if index is None:
+                    continue
+                where = self.dataset.describe(index)
+                self.bad_files.append((where, code))
+                log.warning("skipped %s: %s (%s)", where, code, detail)
+                self._check_limits(in_row, total, where)
+            if images is None:
+                continue
+            non_blocking = self.device.type == "cuda"
+            yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
+        if self.bad_files:
+            log.warning("%d of %d files could not be read this epoch and were skipped; `classicnets scan` lists "
+                        "them all", len(self.bad_files), total)  # fmt: skip
+
+    def _check_limits(self, in_row: int, total: int, where: str) -> None:
+        bad = len(self.bad_files)
+        if in_row >= self.max_bad_in_row:
+            raise DataError(
+                f"{in_row} files in a row could not be read (last: {where}); is the data path right? "
+                f"run `classicnets scan` on the folder (limit: max_bad_in_row={self.max_bad_in_row})"
+            )
+        if bad > self.max_bad_fraction * total:
+            raise DataError(
+                f"{bad} of {total} files could not be read, more than {self.max_bad_fraction:.1%} "
+                f"(last: {where}); run `classicnets scan` on the folder and fix or remove them "
+                f"(or raise max_bad_fraction)"
+            )
+
+
+class _GuardedSamples(Dataset):
+    """Worker side: decode + transform one sample; a bad file becomes a failure record instead of an exception.
+
+    Holds only picklable things (the dataset's paths, the transform's numbers), so spawn-started workers work.
+    """
+
+    def __init__(self, dataset: ImageDataset, transform: ImageTransform, seed: int, epoch: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, index]) if self.transform.random else None
+        try:
+            img = self.dataset.load(index, mode=self.transform.mode, draft_short_side=self.transform.draft_short_side)
+            return self.transform(img, rng), self.dataset.targets[index], index, None, None
+        except BadImageError as e:
+            return None, self.dataset.targets[index], index, e.code, e.detail
+
+
+def collate_guarded(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple]]:
+    """Stack the good samples; return (images or None, labels, outcome per sample in order).
+
+    The outcome list has (None, None, None) for a good sample and (index, code, detail) for a bad one, so the
+    main process can count failures in a row across the batch.
+    """
+    good = [item for item in items if item[0] is not None]
+    outcomes = [(None, None, None) if item[0] is not None else (item[2], item[3], item[4]) for item in items]
+    labels = torch.tensor([item[1] for item in good], dtype=torch.int64)
+    images = torch.stack([item[0] for item in good]) if good else None
+    return images, labels, outcomes
+
+
+class WorkerSeeder:
+    """worker_init_fn: seed Python's, numpy's and torch's global generators from (seed, epoch, worker id)."""
+
+    def __init__(self, seed: int, epoch: int):
+        self.seed, self.epoch = seed, epoch
+
+    def __call__(self, worker_id: int) -> None:
+        s = mix_seed(self.seed, self.epoch, 2, worker_id)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)

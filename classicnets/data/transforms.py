@@ -1,0 +1,165 @@
+"""Per-image geometry in the loader workers, on uint8 PIL images: resize, crops, flips, 10-crop.
+
+Pixel scale: everything here stays uint8 0..255 in RGB or L; scaling, channel order, PCA lighting and mean/std
+happen per batch on the device (batch_transforms.BatchTransform).
+
+Recipes (train=True):
+  paper   resize the short side to preprocessing.resize_size (256), random crop at the model's input size
+          (224 or 227), horizontal flip with p=0.5 (Krizhevsky et al. 2012, section 4.1).
+  modern  random-resized crop (area 8-100 %, aspect 3/4-4/3) to the input size + flip (Szegedy et al. 2015,
+          "Going deeper with convolutions", section 6; torchvision's RandomResizedCrop).
+  none    the evaluation geometry only, never flipped (for digits, where a mirrored 2 is not a 2).
+Evaluation (train=False): resize the short side + centre crop, or 10-crop. A crop larger than the image pads
+with zeros (LeNet-5's 28x28 digits become 32x32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from classicnets.data.datasets import pil_to_tensor
+from classicnets.errors import UsageError
+from classicnets.registry import Preprocessing
+
+RECIPES = ("paper", "modern", "none")
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+# torchvision RandomResizedCrop defaults, from Szegedy et al. 2015 (GoogLeNet), section 6.
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def resize_short_side(img: Image.Image, size: int, resample: int = Image.Resampling.BILINEAR) -> Image.Image:
+    """Resize so the short side is `size`, keeping the aspect ratio (long side truncated, as torchvision does)."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    return img.resize(new, resample)
+
+
+def crop(img: Image.Image, top: int, left: int, height: int, width: int) -> Image.Image:
+    """A crop; the parts outside the image are zeros (PIL fills them with black)."""
+    return img.crop((left, top, left + width, top + height))
+
+
+def center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Centre crop to (height, width), zero-padding an image smaller than that (torchvision's CenterCrop)."""
+    h, w = size
+    top = int(round((img.height - h) / 2.0))
+    left = int(round((img.width - w) / 2.0))
+    return crop(img, top, left, h, w)
+
+
+def random_crop(img: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A random (height, width) crop; an image smaller than the crop is placed at a random offset in zeros."""
+    h, w = size
+    top = int(rng.integers(min(0, img.height - h), max(0, img.height - h) + 1))
+    left = int(rng.integers(min(0, img.width - w), max(0, img.width - w) + 1))
+    return crop(img, top, left, h, w)
+
+
+def random_resized_box(
+    width: int, height: int, rng: np.random.Generator, scale=RRC_SCALE, ratio=RRC_RATIO
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random-resized crop: torchvision's algorithm (10 tries, then the central crop)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height  # fallback: the largest central crop within the ratio range
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def five_crop(img: Image.Image, size: tuple[int, int]) -> list[Image.Image]:
+    """Top-left, top-right, bottom-left, bottom-right and centre crops (torchvision's FiveCrop order)."""
+    h, w = size
+    H, W = img.height, img.width
+    if h > H or w > W:
+        img = center_crop(img, (max(h, H), max(w, W)))  # pad first, so every corner crop is inside
+        H, W = img.height, img.width
+    return [crop(img, 0, 0, h, w), crop(img, 0, W - w, h, w), crop(img, H - h, 0, h, w),
+            crop(img, H - h, W - w, h, w), center_crop(img, size)]  # fmt: skip
+
+
+def ten_crop(img: Image.Image, size: tuple[int, int]) -> list[Image.Image]:
+    """The five crops of the image, then the five crops of its mirror image (torchvision's TenCrop order)."""
+    return five_crop(img, size) + five_crop(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), size)
+
+
+class ImageTransform:
+    """Decoded PIL image -> uint8 tensor C x H x W (or 10 x C x H x W with ten_crop) at the model's input size.
+
+    Picklable (only numbers and strings), so DataLoader workers can be started with spawn. Random choices come
+    from the `rng` passed per call: the loader seeds it from (seed, epoch, sample index).
+    """
+
+    def __init__(self, preprocessing: Preprocessing, *, train: bool, recipe: str = "paper", ten_crop: bool = False):
+        if recipe not in RECIPES:
+            raise UsageError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+        if ten_crop and train:
+            raise UsageError("ten_crop is an evaluation transform; use it with train=False")
+        if preprocessing.interpolation not in RESAMPLE:
+            raise UsageError(f"unknown interpolation {preprocessing.interpolation!r}; use one of {', '.join(RESAMPLE)}")
+        self.size = (int(preprocessing.input_size[1]), int(preprocessing.input_size[2]))
+        self.mode = "L" if preprocessing.input_size[0] == 1 else "RGB"
+        self.resize_size = preprocessing.resize_size
+        self.interpolation = preprocessing.interpolation
+        self.resample = RESAMPLE[preprocessing.interpolation]
+        self.recipe = recipe if train else "none"
+        self.ten_crop = ten_crop
+
+    @property
+    def random(self) -> bool:
+        """Whether the transform draws random numbers (so needs an rng)."""
+        return self.recipe in ("paper", "modern")
+
+    @property
+    def draft_short_side(self) -> int:
+        """The short side the decoder must keep at least: the resize target, or the crop size without a resize.
+        For the modern recipe a crop of 8 % of the area is then magnified less than from the full photo would
+        allow; decoding at >= resize_size is the same trade FFCV makes with its max_resolution."""
+        return self.resize_size or max(self.size)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if img.mode != self.mode:
+            img = img.convert(self.mode)
+        if self.recipe == "modern":
+            top, left, h, w = random_resized_box(img.width, img.height, rng)
+            img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
+            return pil_to_tensor(_maybe_flip(img, rng))
+        if self.resize_size:
+            img = resize_short_side(img, self.resize_size, self.resample)
+        if self.recipe == "paper":
+            return pil_to_tensor(_maybe_flip(random_crop(img, self.size, rng), rng))
+        if self.ten_crop:
+            return torch.stack([pil_to_tensor(c) for c in ten_crop(img, self.size)])
+        return pil_to_tensor(center_crop(img, self.size))
+
+
+def _maybe_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
