@@ -1,0 +1,94 @@
+"""`classicnets prepare` (sort and split an image folder) and `classicnets scan` (find problem files)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from classicnets.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="sort a flat folder by name prefix and/or split class folders into train/val/test",
+        description="Sort SRC into DST: --by-prefix turns cat.1.jpg into cat/cat.1.jpg, --split makes "
+        "DST/train, DST/val (and DST/test), stratified and the same for the same --seed. Copies by default; "
+        "never overwrites or deletes a file in DST; a re-run after an interruption finishes the same plan "
+        "(DST/prepare.json).",
+    )
+    p.add_argument("src", metavar="SRC", help="a flat folder of images, or a folder with one sub-folder per class")
+    p.add_argument("dst", metavar="DST", help="output folder (created; existing files are never overwritten)")
+    p.add_argument("--by-prefix", action="store_true", help="class = file name without its trailing number")
+    p.add_argument("--split", metavar="FRACTIONS", help="train,val[,test] fractions adding up to 1, e.g. 0.8,0.1,0.1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy files (default)")
+    mode.add_argument("--link", dest="mode", action="store_const", const="link", help="symlink to SRC instead")
+    mode.add_argument("--move", dest="mode", action="store_const", const="move", help="move files out of SRC")
+    p.add_argument("--dry-run", action="store_true", help="print the table and what would happen; write nothing")
+    p.add_argument("--pca", action="store_true", help="also write DST/pca.json: RGB eigen-decomposition of train")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_prepare, mode="copy")
+
+    p = sub.add_parser(
+        "scan",
+        parents=[common],
+        help="list problem files (reason codes), empty classes, hidden entries and duplicates in an image folder",
+        description="Decode every image in DIR (a prepared train/val/test folder, class folders, or a flat "
+        "folder) and report: ZERO_BYTES, MISSING, UNREADABLE, NOT_AN_IMAGE, TRUNCATED, CORRUPT, TOO_LARGE files; "
+        "EMPTY_CLASS folders; exact DUPLICATE files (LEAK when the copies sit in two splits); skipped HIDDEN "
+        "entries and IGNORED non-image files. Exit 0; with --strict exit 1 when a problem is found.",
+    )
+    p.add_argument("dir", metavar="DIR", help="folder to scan")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any problem file, empty class or duplicate")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-duplicates", action="store_true", help="skip the duplicate search (no hashing)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="decode in N processes (default: in this one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_scan)
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--split {text!r}: expected fractions like 0.8,0.1,0.1") from None
+    if len(values) not in (2, 3) or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise UsageError(f"--split {text!r}: give 2 or 3 fractions >= 0 that add up to 1, e.g. 0.8,0.1,0.1")
+    return values
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from classicnets.data.prepare import format_counts, prepare_dataset
+
+    split = parse_fractions(args.split) if args.split else None
+    report = prepare_dataset(args.src, args.dst, by_prefix=args.by_prefix, split=split, seed=args.seed,
+                             mode=args.mode, dry_run=args.dry_run, pca=args.pca,
+                             progress=not args.quiet and sys.stderr.isatty())  # fmt: skip
+    print(format_counts(report))
+    verb = {"copy": "copied", "link": "linked", "move": "moved"}[args.mode]
+    if args.dry_run:
+        verb = f"dry run: would have {verb}"
+    line = f"{verb} {report.written} files into {report.dst} ({report.existing} already there"
+    print(line + f", {len(report.conflicts)} conflicts, {len(report.missing)} missing)")
+    for rel in report.conflicts[:10]:
+        print(f"  conflict (a different file is already there, left alone): {rel}")
+    if report.pca:
+        print(f"PCA of {report.pca['images']} training images: eigval {report.pca['eigval']}")
+    if not args.dry_run:
+        print(f"next: classicnets scan {report.dst}")
+    return 0
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from classicnets.data.scan import format_report, scan_folder
+
+    if args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    report = scan_folder(args.dir, duplicates=not args.no_duplicates, workers=args.workers,
+                         progress=not args.quiet and not args.json and sys.stderr.isatty())  # fmt: skip
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    return 1 if args.strict and report.problems else 0

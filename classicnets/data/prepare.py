@@ -1,0 +1,248 @@
+"""`classicnets prepare`: sort a flat download into class folders and/or split class folders into train/val/test.
+
+Safety rules: SRC is only read (unless --move), an existing file in DST is never overwritten or deleted (a
+different file already at a destination is reported as a conflict and left alone), every copy is atomic, and the
+plan (which file goes where) is written to DST/prepare.json before any file is touched, so a re-run after an
+interruption finishes the same plan instead of drawing a new split (which, after a partial --move, would mix
+test images into train).
+"""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from classicnets.data.datasets import FileDataset
+from classicnets.data.folders import SPLIT_NAMES, find_split_dirs, list_class_folders, stratified_split
+from classicnets.errors import DataError, UsageError
+from classicnets.fileio import atomic_open, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MODES = ("copy", "link", "move")
+PLAN_FILE = "prepare.json"
+PCA_FILE = "pca.json"
+# "cat.5000.jpg" -> "cat", "american_bulldog_10.jpg" -> "american_bulldog", "IMG-0042.png" -> "IMG"
+_TRAILING_NUMBER = re.compile(r"^(.*?)[._\- ]*\d+$")
+
+
+def class_from_name(filename: str) -> str:
+    """The class a flat-folder file name encodes: its stem without a trailing number, else the part before the
+    first dot (Kaggle "Dogs vs. Cats": cat.5000.jpg; Oxford-IIIT Pets: american_bulldog_10.jpg)."""
+    stem = os.path.splitext(filename)[0]
+    match = _TRAILING_NUMBER.match(stem)
+    if match and match.group(1):
+        return match.group(1)
+    return stem.split(".")[0] or stem
+
+
+@dataclass
+class PrepareReport:
+    src: str
+    dst: str
+    mode: str
+    dry_run: bool
+    splits: list[str]  # [""] when not splitting
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> files
+    written: int = 0  # files copied/linked/moved by this run (or that would be, with dry_run)
+    existing: int = 0  # already at their destination (an earlier, interrupted run)
+    conflicts: list[str] = field(default_factory=list)  # a different file sits at the destination: left alone
+    missing: list[str] = field(default_factory=list)  # in the plan but gone from SRC and not in DST
+    pca: dict | None = None
+
+
+def prepare_dataset(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    by_prefix: bool = False,
+    split: list[float] | None = None,
+    seed: int = 0,
+    mode: str = "copy",
+    dry_run: bool = False,
+    pca: bool = False,
+    progress: bool = False,
+) -> PrepareReport:
+    """Sort and/or split SRC into DST. See the module docstring for the safety rules."""
+    src, dst = Path(src).absolute(), Path(dst).absolute()
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; use copy, link or move")
+    if split is not None and len(split) not in (2, 3):
+        raise UsageError("--split takes 2 or 3 fractions: train,val or train,val,test (e.g. 0.8,0.1,0.1)")
+    if not by_prefix and split is None:
+        raise UsageError("nothing to do: pass --by-prefix to sort a flat folder, --split to split, or both")
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder")
+    if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
+        raise UsageError(f"DST {dst} and SRC {src} must not be inside one another; choose a separate DST")
+    if find_split_dirs(src):
+        raise DataError(f"{src} is already split into {', '.join(find_split_dirs(src))}; nothing to prepare")
+    splits = list(SPLIT_NAMES[: len(split)]) if split else [""]
+    settings = {"src": str(src), "by_prefix": by_prefix, "split": split, "seed": seed}
+    plan = _load_plan(dst, settings) or _make_plan(src, by_prefix, split, seed, splits)
+    if not dry_run:
+        atomic_write_text(dst / PLAN_FILE, json.dumps({**settings, "files": plan}, indent=1) + "\n")
+    report = PrepareReport(str(src), str(dst), mode, dry_run, splits)
+    for rel_dst in plan:
+        split_name, label = _split_and_class(rel_dst, split is not None)
+        report.counts.setdefault(label, {s: 0 for s in splits})[split_name] += 1
+    for rel_dst, rel_src in tqdm(plan.items(), disable=not progress, desc=mode, unit="file"):
+        _place(src / rel_src, dst / rel_dst, rel_dst, mode, dry_run, report)
+    if report.conflicts:
+        log.warning("%d destinations already hold a different file and were left alone (first: %s)",
+                    len(report.conflicts), report.conflicts[0])  # fmt: skip
+    if pca:
+        report.pca = _pca(src, dst, plan, dry_run)
+    return report
+
+
+def _make_plan(src: Path, by_prefix: bool, split: list[float] | None, seed: int, splits: list[str]) -> dict[str, str]:
+    """{destination relative to DST: source relative to SRC}, in a stable order."""
+    listing = list_class_folders(src)
+    items: list[tuple[str, str]] = []  # (class, path relative to its class folder or to SRC)
+    if by_prefix:
+        if not listing.loose_images:
+            raise DataError(f"{src}: no images at its top level to sort by name prefix (is it already sorted?)")
+        if listing.classes:
+            log.warning("--by-prefix sorts the %d images at the top of %s; its %d sub-folders are ignored",
+                        len(listing.loose_images), src, len(listing.classes))  # fmt: skip
+        items = sorted((class_from_name(p.name), p.name) for p in listing.loose_images)
+        rel_src = {(c, name): name for c, name in items}
+    else:
+        if not listing.classes:
+            hint = " (flat folder of cat.1.jpg-style names? add --by-prefix)" if listing.loose_images else ""
+            raise DataError(f"{src}: no class folders to split{hint}")
+        for name in listing.empty_classes:
+            log.warning("class folder %s is empty; it will not appear in DST", src / name)
+        rel_src = {}
+        for name, files in listing.classes.items():
+            for p in files:
+                inner = str(p.relative_to(src / name))
+                items.append((name, inner))
+                rel_src[(name, inner)] = f"{name}/{inner}"
+    classes = sorted({c for c, _ in items})
+    if split is None:
+        return {f"{c}/{inner}": rel_src[(c, inner)] for c, inner in items}
+    parts = stratified_split([classes.index(c) for c, _ in items], split, seed=seed)
+    plan = {}
+    for split_name, indices in zip(splits, parts, strict=True):
+        for i in indices:
+            c, inner = items[i]
+            plan[f"{split_name}/{c}/{inner}"] = rel_src[(c, inner)]
+    return dict(sorted(plan.items(), key=lambda kv: (SPLIT_NAMES.index(kv[0].split("/")[0]), kv[0])))
+
+
+def _load_plan(dst: Path, settings: dict) -> dict[str, str] | None:
+    path = dst / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        files = saved["files"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path} is not a plan written by classicnets prepare; choose another DST") from None
+    old = {k: saved.get(k) for k in settings}
+    if old != settings:
+        diff = ", ".join(f"{k}={old[k]!r} (now {settings[k]!r})" for k in settings if old[k] != settings[k])
+        raise DataError(f"{dst} was prepared with other settings ({diff}); use a new DST or the same settings")
+    log.info("continuing the plan in %s (%d files)", path, len(files))
+    return files
+
+
+def _split_and_class(rel_dst: str, has_split: bool) -> tuple[str, str]:
+    parts = rel_dst.split("/")
+    return (parts[0], parts[1]) if has_split else ("", parts[0])
+
+
+def _place(src: Path, dst: Path, rel_dst: str, mode: str, dry_run: bool, report: PrepareReport) -> None:
+    if os.path.lexists(dst):
+        if _same_file(src, dst, mode):
+            report.existing += 1
+            if mode == "move" and os.path.lexists(src) and not dry_run:
+                os.unlink(src)  # the interrupted run placed it but did not get to remove the source
+        else:
+            report.conflicts.append(rel_dst)
+        return
+    if not os.path.lexists(src):
+        report.missing.append(rel_dst)
+        return
+    report.written += 1
+    if dry_run:
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "link":
+        os.symlink(src.resolve(), dst)  # fails rather than replace: never overwrites
+    elif mode == "move":
+        try:
+            os.link(src, dst)  # a hard link fails if dst exists (no overwrite), then drop the source name
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+                raise
+            _copy(src, dst)  # another file system: copy atomically, then remove the source
+        os.unlink(src)
+    else:
+        _copy(src, dst)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    st = src.stat()
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: a re-run recognises the copy cheaply
+
+
+def _same_file(src: Path, dst: Path, mode: str) -> bool:
+    """Is dst what this plan would have put there? (After a --move the source is gone: dst is then taken.)"""
+    if not os.path.lexists(src):
+        return mode == "move"
+    if os.path.islink(dst):
+        return os.path.realpath(dst) == os.path.realpath(src)
+    try:
+        a, b = src.stat(), dst.stat()
+    except OSError:
+        return False
+    if a.st_size != b.st_size:
+        return False
+    if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) or a.st_mtime_ns == b.st_mtime_ns:
+        return True
+    return filecmp.cmp(src, dst, shallow=False)
+
+
+def _pca(src: Path, dst: Path, plan: dict[str, str], dry_run: bool) -> dict:
+    from classicnets.data.pca import pca_from_dataset
+
+    train = [k for k in plan if k.startswith("train/")] or list(plan)
+    paths = [str((src / plan[k]) if dry_run else (dst / k)) for k in train]
+    eigval, eigvec = pca_from_dataset(FileDataset([(p, 0) for p in paths], ["all"], source=str(dst)))
+    result = {"eigval": [round(v, 6) for v in eigval.tolist()],
+              "eigvec": [[round(v, 6) for v in row] for row in eigvec.tolist()],
+              "images": len(paths), "convention": "RGB, pixels in [0, 1]; eigvec[:, i] is eigenvector i"}  # fmt: skip
+    if not dry_run:
+        atomic_write_text(dst / PCA_FILE, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def format_counts(report: PrepareReport) -> str:
+    """The table of files per class and split that `prepare` prints, with a total row."""
+    splits = report.splits
+    cols = [s or "files" for s in splits] + (["total"] if len(splits) > 1 else [])
+    width = max([5, *(len(c) for c in report.counts)])
+    lines = [f"{'class':<{width}}" + "".join(f" {c:>7}" for c in cols)]
+    totals = dict.fromkeys(splits, 0)
+    for label, by_split in sorted(report.counts.items()):
+        row = [by_split[s] for s in splits]
+        for s in splits:
+            totals[s] += by_split[s]
+        lines.append(f"{label:<{width}}" + "".join(f" {n:>7}" for n in row + ([sum(row)] if len(splits) > 1 else [])))
+    row = [totals[s] for s in splits]
+    lines.append(f"{'total':<{width}}" + "".join(f" {n:>7}" for n in row + ([sum(row)] if len(splits) > 1 else [])))
+    return "\n".join(lines)
