@@ -84,14 +84,18 @@ def tf_shape(name: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
     return torch_shape
 
 
-def to_torch_layout(name: str, weights: np.ndarray) -> np.ndarray:
-    """One layer's weights from TensorFlow layout to PyTorch's (FACTS.md)."""
-    if weights.ndim == 4:  # HWIO -> OIHW; groups=2 kernels (I = in/2) fit PyTorch's grouped Conv2d as they are
-        return weights.transpose(3, 2, 0, 1)
-    if name == "fc6":  # rows are (H, W, C) positions of pool5; PyTorch's flatten is (C, H, W)
-        c, h, w = POOL5_SHAPE
-        return weights.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1).T
-    return weights.T  # (in, out) -> (out, in)
+def to_torch_layout(name: str, weights: np.ndarray) -> torch.Tensor:
+    """One layer's weights from TensorFlow layout to PyTorch's (FACTS.md), as a new float32 tensor."""
+    w = torch.from_numpy(_writable_float32(weights))
+    if w.dim() == 4:  # HWIO -> OIHW; groups=2 kernels (I = in/2) fit PyTorch's grouped Conv2d as they are
+        return w.permute(3, 2, 0, 1).contiguous()
+    if name == "fc6":
+        # Rows are (H, W, C) positions of pool5, PyTorch flattens (C, H, W). FACTS.md's
+        # w.reshape(6, 6, 256, 4096).transpose(2, 0, 1, 3).reshape(9216, 4096).T, done as a plain 2-D transpose
+        # followed by reordering each row (twice as fast on this 151 MB matrix).
+        c, h, wd = POOL5_SHAPE
+        return w.T.contiguous().view(-1, h * wd, c).transpose(1, 2).reshape(-1, c * h * wd)
+    return w.T.contiguous()  # (in, out) -> (out, in)
 
 
 def caffe_state_dict(
@@ -108,9 +112,16 @@ def caffe_state_dict(
             want = tf_shape(name, tuple(expected[f"{prefix}.{key}"].shape))
             if tuple(array.shape) != want:
                 raise WeightsError(f"{source}: {name} {what}: expected shape {want}, got {tuple(array.shape)}")
-            converted = to_torch_layout(name, array) if key == "weight" else array
-            state[f"{prefix}.{key}"] = torch.from_numpy(np.ascontiguousarray(converted, dtype=np.float32))
+            if key == "weight":
+                state[f"{prefix}.{key}"] = to_torch_layout(name, array)
+            else:
+                state[f"{prefix}.{key}"] = torch.from_numpy(np.array(array, dtype=np.float32))
     return state
+
+
+def _writable_float32(array: np.ndarray) -> np.ndarray:
+    array = array.astype(np.float32, copy=False)
+    return array if array.flags.writeable else array.copy()  # torch.from_numpy needs writable memory
 
 
 def num_classes_of(layers: dict[str, tuple[np.ndarray, np.ndarray]], *, source: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
 from torch import nn
 
 from classicnets.errors import UsageError, WeightsError
@@ -60,10 +61,12 @@ def model_from_metadata(metadata: dict[str, str], *, source: str) -> tuple[nn.Mo
 
 
 def build_model(name: str, kwargs: dict[str, Any], *, source: str) -> nn.Module:
-    """create_model for a name and arguments read from a file: a bad name or argument is the file's fault."""
+    """create_model on the meta device (shapes only; load_state_dict_strict fills in every tensor) for a name and
+    arguments read from a file: a bad name or argument is the file's fault."""
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise WeightsError(f"{source}: damaged model description {name!r} {kwargs!r}")
     try:
-        return create_model(name, **kwargs)
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
     except UsageError as e:
         raise WeightsError(f"{source}: cannot rebuild the model it describes: {e}") from None
