@@ -1,4 +1,4 @@
-"""`classicnets models`, `classicnets summary` and (until the training demo exists) `classicnets demo`."""
+"""`classicnets models` and `classicnets summary`."""
 
 from __future__ import annotations
 
@@ -23,9 +23,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--classes", type=int, metavar="N", help="number of classes (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_summary)
-
-    p = sub.add_parser("demo", parents=[common], help="the built-in demo (prints the paper AlexNet's summary)")
-    p.set_defaults(handler=run_demo)
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -103,7 +100,3 @@ def run_summary(args: argparse.Namespace) -> int:
     print(json.dumps(s.to_dict(), indent=2) if args.json else s.format())
     return 0
 
-
-def run_demo(args: argparse.Namespace) -> int:
-    args.model, args.input, args.classes, args.json = "alexnet2012", None, None, False
-    return run_summary(args)

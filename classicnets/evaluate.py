@@ -1,0 +1,321 @@
+"""`evaluate`: top-1, top-5, loss, per-class accuracy, confusion matrix, most-confused pairs and misclassified
+images of a trained model on a labelled set; centre crop, and with `ten_crop` the paper's 10-crop beside it
+(4 corners + centre and their mirrors, softmax averaged: Krizhevsky et al. 2012, section 4.1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classicnets.errors import DataError
+from classicnets.metrics import ConfusedPair, ConfusionMatrix, MetricSums
+from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
+
+log = logging.getLogger(__name__)
+
+# torchvision's TenCrop order (the data module's too): 4 corners, centre, then the same of the mirror image.
+CENTER_CROP_INDEX = 4
+
+
+@dataclass
+class Misclassified:
+    file: str
+    true: str
+    predicted: str
+    probability: float  # of the predicted class
+    image: Any = field(default=None, repr=False)  # uint8 C x H x W, what the model saw (centre crop)
+
+
+@dataclass
+class EvalPass:
+    """Sums and counts of one way of evaluating (centre crop or 10-crop) over a loader."""
+
+    sums: MetricSums
+    confusion: ConfusionMatrix
+    misclassified: list[Misclassified] = field(default_factory=list)
+
+
+def load_model(weights: str | os.PathLike | nn.Module, *, model_name: str | None = None) -> nn.Module:
+    """A model ready for inference from a weight file (any format classicnets.weights reads) or a module,
+    with `.classes` (index order) and `.preprocessing`."""
+    if isinstance(weights, nn.Module):
+        model = weights
+    else:
+        from classicnets.weights import load_weights
+
+        model = load_weights(weights, model=model_name)
+    if getattr(model, "classes", None) is None:
+        model.classes = [str(i) for i in range(model.num_classes)]
+    return model.eval()
+
+
+def evaluate_loader(
+    model: nn.Module,
+    loader: Any,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+    should_stop: Callable[[], bool] | None = None,
+    target_map: torch.Tensor | None = None,
+    keep_misclassified: int = 0,
+    classes: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, EvalPass] | None:
+    """{"center": EvalPass} (plus "ten_crop" when the loader yields N x 10 x C x H x W); None if stopped.
+
+    `target_map[label]` maps the data set's labels to the model's class indices (when the two class lists differ).
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    passes = {"center": EvalPass(MetricSums(), ConfusionMatrix(num_classes))}
+    order = loader.epoch_indices() if hasattr(loader, "epoch_indices") else None
+    position, bad_seen = 0, 0
+    describe = getattr(loader.dataset, "describe", None)
+    with torch.inference_mode(), tqdm(total=len(loader), unit="batch", leave=False, disable=not progress) as bar:
+        for images, labels in loader:
+            if should_stop is not None and should_stop():
+                return None
+            # Which samples this batch holds: the loader skips unreadable files (listed in loader.bad_files).
+            indices, position, bad_seen = _batch_indices(loader, order, position, bad_seen, len(labels))
+            labels = labels.to(device)
+            if target_map is not None:
+                labels = target_map.to(device)[labels]
+            x = transform(images.to(device))
+            ten = x.dim() == 5
+            with autocast(device, precision):
+                logits = model(to_input_layout(x.flatten(0, 1) if ten else x, model)).float()
+            if ten:
+                crops = logits.view(x.shape[0], x.shape[1], -1)
+                _add(
+                    passes,
+                    "center",
+                    crops[:, CENTER_CROP_INDEX],
+                    labels,
+                    images[:, CENTER_CROP_INDEX],
+                    indices,
+                    keep_misclassified,
+                    classes,
+                    describe,
+                )
+                probs = crops.softmax(dim=-1).mean(dim=1)  # softmax averaged over the 10 crops (paper)
+                passes.setdefault("ten_crop", EvalPass(MetricSums(), ConfusionMatrix(num_classes)))
+                _add(
+                    passes,
+                    "ten_crop",
+                    probs.clamp_min(1e-12).log(),
+                    labels,
+                    images[:, CENTER_CROP_INDEX],
+                    indices,
+                    keep_misclassified,
+                    classes,
+                    describe,
+                )
+            else:
+                _add(passes, "center", logits, labels, images, indices, keep_misclassified, classes, describe)
+            bar.update(1)
+    return passes
+
+
+def _batch_indices(loader, order, position: int, bad_seen: int, size: int) -> tuple[list[int] | None, int, int]:
+    if order is None:
+        return None, position, bad_seen
+    bad = getattr(loader, "bad_files", [])
+    skipped = {where for where, _ in bad[bad_seen:]}
+    describe = loader.dataset.describe
+    indices = []
+    while len(indices) < size and position < len(order):
+        i = order[position]
+        position += 1
+        if skipped and describe(i) in skipped:
+            continue
+        indices.append(i)
+    return indices, position, len(bad)
+
+
+def _add(passes, name, scores, labels, images, indices, keep, classes, describe) -> None:
+    """Add a batch to a pass; `scores` are logits or log-probabilities (the loss is the same cross-entropy)."""
+    p = passes[name]
+    loss = nn.functional.cross_entropy(scores, labels)
+    p.sums.update(scores, labels, loss)
+    predicted = scores.argmax(dim=1)
+    p.confusion.update(predicted, labels)
+    if keep and classes is not None and len(p.misclassified) < keep:
+        probs = scores.softmax(dim=1)
+        for j in (predicted != labels).nonzero().flatten().tolist():
+            if len(p.misclassified) >= keep:
+                break
+            file = describe(indices[j]) if (describe and indices) else "?"
+            p.misclassified.append(
+                Misclassified(
+                    file,
+                    classes[int(labels[j])],
+                    classes[int(predicted[j])],
+                    float(probs[j, predicted[j]]),
+                    images[j].cpu(),
+                )
+            )
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate` returns; `to_dict()` is what `classicnets eval --json` prints."""
+
+    weights: str
+    data: str
+    classes: list[str]
+    images: int
+    passes: dict[str, EvalPass]
+    pictures: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self, name: str = "center") -> dict[str, Any]:
+        p = self.passes[name]
+        per_class = p.confusion.per_class_accuracy()
+        totals = p.confusion.counts.sum(dim=1).tolist()
+        return {
+            "top1": p.sums.top1,
+            "top5": p.sums.top5,
+            "loss": p.sums.loss,
+            "per_class": [
+                {"class": c, "accuracy": a, "count": int(n)}
+                for c, a, n in zip(self.classes, per_class, totals, strict=True)
+            ],
+            "most_confused": [asdict(pair) for pair in p.confusion.most_confused(self.classes)],
+            "confusion_matrix": p.confusion.to_list(),
+            "misclassified": [
+                {"file": m.file, "true": m.true, "predicted": m.predicted, "probability": m.probability}
+                for m in p.misclassified
+            ],
+        }
+
+    def most_confused(self, name: str = "center", n: int = 10) -> list[ConfusedPair]:
+        return self.passes[name].confusion.most_confused(self.classes, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"weights": self.weights, "data": self.data, "images": self.images, "classes": self.classes}
+        for name in self.passes:
+            out[name] = self.metrics(name)
+        out["pictures"] = dict(self.pictures)
+        return out
+
+
+def open_eval_data(data: str | os.PathLike, *, in_chans: int, split: str | None = None) -> Any:
+    """A prepared folder's test split (else val, or `split`), or any source classicnets.data.open_dataset reads."""
+    from classicnets.data import find_split_dirs, open_dataset
+
+    splits = find_split_dirs(Path(data))
+    if splits:
+        name = split or ("test" if "test" in splits else "val" if "val" in splits else "train")
+        if name not in splits:
+            raise DataError(f"{data}: has no {name}/ split (it has {', '.join(splits)})")
+        log.info("evaluating on %s", splits[name])
+        return open_dataset(splits[name], in_chans=in_chans)
+    return open_dataset(data, in_chans=in_chans)
+
+
+def class_mapping(model_classes: list[str], data_classes: list[str], source: str) -> torch.Tensor | None:
+    """Data label -> model class index by name; None when the lists are equal."""
+    if list(model_classes) == list(data_classes):
+        return None
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [c for c in data_classes if c not in index]
+    if unknown:
+        raise DataError(
+            f"{source}: classes {', '.join(unknown[:5])} are not among the model's {len(model_classes)} classes "
+            f"({', '.join(model_classes[:5])}{', ...' if len(model_classes) > 5 else ''})"
+        )
+    return torch.tensor([index[c] for c in data_classes], dtype=torch.int64)
+
+
+def evaluate(
+    weights: str | os.PathLike | nn.Module,
+    data: str | os.PathLike,
+    *,
+    ten_crop: bool = False,
+    split: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    workers: int = 0,
+    out: str | os.PathLike | None = None,
+    misclassified: int = 24,
+    progress: bool = False,
+) -> EvalReport:
+    """Evaluate `weights` (a file or a model with .classes and .preprocessing) on the labelled images in `data`.
+
+    Centre crop always; with `ten_crop`, the 10-crop result as well (same images, one pass). With `out`, writes
+    confusion_matrix.png, misclassified.png (up to `misclassified` images) and eval.json there.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model = load_model(weights)
+    pre = model.preprocessing
+    dataset = open_eval_data(data, in_chans=pre.input_size[0], split=split)
+    target_map = class_mapping(model.classes, dataset.classes, str(data))
+    from classicnets.data import BatchTransform, make_loader
+
+    net = prepare_model(model, dev)
+    loader = make_loader(
+        dataset, preprocessing=pre, train=False, batch_size=batch_size, workers=workers, ten_crop=ten_crop, device=dev
+    )
+    transform = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
+    passes = evaluate_loader(
+        net,
+        loader,
+        transform,
+        device=dev,
+        precision=prec,
+        num_classes=len(model.classes),
+        target_map=target_map,
+        keep_misclassified=misclassified,
+        classes=list(model.classes),
+        progress=progress,
+    )
+    report = EvalReport(
+        str(weights) if not isinstance(weights, nn.Module) else getattr(weights, "model_name", "model"),
+        str(data),
+        list(model.classes),
+        passes["center"].sums.count,
+        passes,
+    )
+    if out is not None:
+        write_eval_pictures(report, Path(out))
+    return report
+
+
+def write_eval_pictures(report: EvalReport, out: Path) -> None:
+    """confusion_matrix.png and misclassified.png of the main pass (10-crop when present), and eval.json."""
+    from classicnets.fileio import atomic_write_text
+    from classicnets.plots import plot_confusion, plot_image_grid
+
+    name = "ten_crop" if "ten_crop" in report.passes else "center"
+    p = report.passes[name]
+    label = "10-crop" if name == "ten_crop" else "centre crop"
+    report.pictures["confusion_matrix"] = str(out / "confusion_matrix.png")
+    plot_confusion(
+        p.confusion.to_list(),
+        report.classes,
+        out / "confusion_matrix.png",
+        title=f"Confusion matrix ({label}, top-1 {100 * p.sums.top1:.2f}%)",
+    )
+    if p.misclassified:
+        report.pictures["misclassified"] = str(out / "misclassified.png")
+        plot_image_grid(
+            [m.image for m in p.misclassified],
+            [f"{m.true} → {m.predicted}, {m.probability:.2f}" for m in p.misclassified],
+            out / "misclassified.png",
+            title=f"Misclassified ({label}): true → predicted, probability",
+        )
+    report.pictures["json"] = str(out / "eval.json")
+    atomic_write_text(out / "eval.json", json.dumps(report.to_dict(), indent=1) + "\n")

@@ -1,0 +1,111 @@
+"""Pictures of a run: loss and accuracy curves, confusion matrix, grids of images with their labels.
+
+Figures are built with matplotlib's object API (`Figure`, Agg canvas), never pyplot, so no global backend or
+figure state is touched and nothing needs a display. Every picture is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from classicnets.fileio import atomic_write_bytes
+
+# Above these class counts the confusion matrix drops the numbers in its cells, then the tick labels:
+# they would overlap (about 12 px per cell at the figure sizes below).
+ANNOTATE_MAX_CLASSES = 20
+TICKS_MAX_CLASSES = 50
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_curves(history: Sequence[dict], loss_path: str | os.PathLike, accuracy_path: str | os.PathLike) -> None:
+    """loss.png (train and validation loss) and accuracy.png (train accuracy, validation top-1 and top-5)."""
+    epochs = [row["epoch"] for row in history]
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+    ax.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, loss_path)
+
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [100 * row["train_acc"] for row in history], "o-", label="train top-1")
+    ax.plot(epochs, [100 * row["val_top1"] for row in history], "s-", label="validation top-1")
+    ax.plot(epochs, [100 * row["val_top5"] for row in history], "^--", label="validation top-5")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, accuracy_path)
+
+
+def plot_confusion(
+    counts: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, *, title: str = "Confusion matrix"
+) -> None:
+    """Rows: true class, columns: predicted class; colour = fraction of the true class, numbers = counts."""
+    matrix = np.asarray(counts, dtype=np.int64)
+    n = len(classes)
+    totals = matrix.sum(axis=1, keepdims=True)
+    fraction = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    size = min(4 + 0.45 * n, 16)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= TICKS_MAX_CLASSES:
+        ax.set_xticks(range(n), labels=list(classes), rotation=90 if n > 10 else 0)
+        ax.set_yticks(range(n), labels=list(classes))
+    if n <= ANNOTATE_MAX_CLASSES:
+        for t in range(n):
+            for p in range(n):
+                if matrix[t, p]:
+                    colour = "white" if fraction[t, p] > 0.5 else "black"
+                    ax.text(p, t, str(matrix[t, p]), ha="center", va="center", color=colour, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    _save(fig, path)
+
+
+def to_display(image) -> np.ndarray:
+    """A uint8 tensor or array C x H x W (C = 1 or 3) as H x W (grayscale) or H x W x 3 for imshow."""
+    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    return a
+
+
+def plot_image_grid(
+    images: Sequence, titles: Sequence[str], path: str | os.PathLike, *, columns: int = 6, title: str | None = None
+) -> None:
+    """Each image with its caption above it (e.g. "cat, 0.93"), `columns` per row."""
+    count = max(1, len(images))
+    columns = min(columns, count)
+    rows = (count + columns - 1) // columns
+    fig = _figure(2.2 * columns, 2.4 * rows + (0.4 if title else 0))
+    for i, (image, caption) in enumerate(zip(images, titles, strict=True)):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        a = to_display(image)
+        ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

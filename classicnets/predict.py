@@ -1,0 +1,144 @@
+"""`predict`: images or folders of images -> the top-k classes with probabilities, using the class names and
+preprocessing stored with the weights; optionally the picture the tutorials draw (each image, "class, probability"
+above it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classicnets.errors import DataError, UsageError
+from classicnets.evaluate import load_model
+from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
+
+log = logging.getLogger(__name__)
+
+# A grid picture beyond this many images is unreadable (and slow to draw); the rest are left out, with a log line.
+GRID_MAX_IMAGES = 64
+
+
+@dataclass
+class Prediction:
+    file: str
+    classes: list[str]  # the top-k classes, most probable first
+    probabilities: list[float]  # their probabilities
+    all_probabilities: dict[str, float] = field(repr=False)  # every class (sums to 1)
+    image: Any = field(default=None, repr=False)  # uint8 C x H x W, what the model saw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "top": [{"class": c, "probability": p} for c, p in zip(self.classes, self.probabilities, strict=True)],
+            "probabilities": dict(self.all_probabilities),
+        }
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders searched recursively for image files (sorted, hidden entries skipped)."""
+    from classicnets.data import is_image_file
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and is_image_file(p.name)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise DataError(f"{path}: no image files in this folder")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not files:
+        raise UsageError("nothing to predict: give image files or folders")
+    return files
+
+
+def predict(
+    weights: str | os.PathLike | nn.Module,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+    grid: str | os.PathLike | None = None,
+) -> list[Prediction]:
+    """Classify every image in `inputs` (files or folders) with `weights` (a file or a model with .classes and
+    .preprocessing). Unreadable images are skipped with a warning. With `grid`, writes the picture there."""
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    from classicnets.data import BadImageError, BatchTransform, ImageTransform, decode_image
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model = load_model(weights)
+    files = expand_inputs(inputs)
+    pre = model.preprocessing
+    classes = list(model.classes)
+    k = min(topk, len(classes))
+    net = prepare_model(model, dev).eval()
+    geometry = ImageTransform(pre, train=False)  # resize + centre crop, as in evaluation
+    to_float = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
+    predictions: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        batch, names = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                img = decode_image(path, mode=geometry.mode, draft_short_side=geometry.draft_short_side)
+            except BadImageError as e:
+                log.warning("skipped %s: %s (%s)", path, e.code, e.detail)
+                continue
+            batch.append(geometry(img))
+            names.append(str(path))
+        if not batch:
+            continue
+        images = torch.stack(batch)
+        with torch.inference_mode(), autocast(dev, prec):
+            logits = net(to_input_layout(to_float(images.to(dev)), net))
+        probs = logits.float().softmax(dim=1).cpu()
+        top = probs.topk(k, dim=1)
+        for i, name in enumerate(names):
+            predictions.append(
+                Prediction(
+                    name,
+                    [classes[j] for j in top.indices[i].tolist()],
+                    top.values[i].tolist(),
+                    dict(zip(classes, probs[i].tolist(), strict=True)),
+                    images[i],
+                )
+            )
+    if not predictions:
+        raise DataError("none of the images could be read")
+    if grid is not None:
+        write_grid(predictions, grid)
+    return predictions
+
+
+def write_grid(predictions: Sequence[Prediction], path: str | os.PathLike) -> None:
+    """Each image with "class, probability" of its top class above it."""
+    from classicnets.plots import plot_image_grid
+
+    shown = list(predictions[:GRID_MAX_IMAGES])
+    if len(predictions) > len(shown):
+        log.info("the grid shows the first %d of %d images", len(shown), len(predictions))
+    plot_image_grid(
+        [p.image for p in shown],
+        [f"{p.classes[0]}, {p.probabilities[0]:.2f}" for p in shown],
+        path,
+        columns=min(8, len(shown)),
+    )

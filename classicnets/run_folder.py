@@ -1,0 +1,121 @@
+"""The run folder `fit` writes, and the one place that writes it.
+
+    config.yaml           the fully resolved config (itself a valid --config recipe)
+    classes.json          class names in label order
+    split.json            how the validation set was chosen (folder split, or seed + held-out indices)
+    metrics.csv           one row per epoch (METRIC_COLUMNS)
+    last.pt, best.pt      checkpoints (last: everything to resume; best: the best validation top-1, for eval/predict)
+    loss.png, accuracy.png, confusion_matrix.png
+
+Every write goes through classicnets.fileio (temporary file, flush, fsync, rename) and only happens on the main
+process (`is_main`), so under torchrun the other ranks write nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from classicnets.checkpoint import save_checkpoint
+from classicnets.errors import UsageError
+from classicnets.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "seconds",
+    "images_per_s",
+)
+# Files that mark a folder as holding a run (so a new run never overwrites one).
+RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def choose_run_folder(out: str | None, model_name: str) -> Path:
+    """`out` if given (refused when it already holds a run); else runs/<model>, runs/<model>-2, ... (first free)."""
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out {folder}: exists and is not a folder")
+        if holds_run(folder):
+            raise UsageError(
+                f"--out {folder} already holds a run; continue it with --resume {folder} or pick another --out"
+            )
+        return folder
+    base = Path("runs") / model_name
+    folder, n = base, 1
+    while holds_run(folder):
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder
+
+
+class RunFolder:
+    def __init__(self, path: str | Path, *, is_main: bool = True) -> None:
+        self.path = Path(path)
+        self.is_main = is_main
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def write_start(self, config_yaml: str, classes: list[str], split: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.yaml", config_yaml)
+        atomic_write_text(self.path / "classes.json", json.dumps(classes, indent=1) + "\n")
+        atomic_write_text(self.path / "split.json", json.dumps(split) + "\n")
+
+    def write_metrics(self, history: list[dict[str, float]]) -> None:
+        if not self.is_main:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+        atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def save(self, which: str, checkpoint: dict[str, Any]) -> None:
+        if self.is_main:
+            save_checkpoint(self.path / f"{which}.pt", checkpoint)
+
+    def plot_curves(self, history: list[dict[str, float]]) -> None:
+        if not self.is_main or not history:
+            return
+        from classicnets.plots import plot_curves
+
+        plot_curves(history, self.path / "loss.png", self.path / "accuracy.png")
+
+    def plot_confusion(self, counts: list[list[int]], classes: list[str], epoch: int) -> None:
+        if not self.is_main:
+            return
+        from classicnets.plots import plot_confusion
+
+        title = f"Validation confusion matrix (best epoch, {epoch})"
+        plot_confusion(counts, classes, self.path / "confusion_matrix.png", title=title)
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"

@@ -1,0 +1,403 @@
+"""The Trainer: one object holding a run's model, data, optimiser, schedule and progress, with the single steps
+that train.py's loop strings together. `start_trainer` builds a new run, `open_resume` rebuilds one from last.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from classicnets.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint
+from classicnets.config import Config, resolve_config
+from classicnets.distributed import DistContext, all_reduce_sum, any_process
+from classicnets.errors import DataError, UsageError, WeightsError
+from classicnets.metrics import ConfusionMatrix, MetricSums
+from classicnets.optim import LRSchedule, build_optimizer
+from classicnets.run_folder import RunFolder, choose_run_folder
+from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
+from classicnets.signals import StopRequest
+from classicnets.train_setup import (
+    TrainingData,
+    apply_surgery,
+    build_model,
+    default_in_chans,
+    load_starting_weights,
+    open_training_data,
+    param_groups,
+)
+from classicnets.train_state import RESUME_KEYS, Progress, capture_rng, restore_rng, seed_everything
+
+log = logging.getLogger(__name__)
+
+# GoogLeNet's auxiliary classifiers: "their loss is added to the total loss with a discount weight 0.3"
+# (Szegedy et al. 2015, section 5).
+AUX_LOSS_WEIGHT = 0.3
+# Data-loading processes when the config leaves it open: enough to keep 2-4 cores busy decoding JPEGs.
+DEFAULT_MAX_WORKERS = 4
+# Keys a resumed run may change: they do not alter the training trajectory (device and precision may, and say so).
+RESUME_MAY_CHANGE = {"train.epochs", "data.workers", "train.device", "train.precision", "train.compile"}
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        device: torch.device,
+        precision: str,
+        data: TrainingData,
+        model: nn.Module,
+        run_folder: RunFolder,
+        state: Progress,
+        ctx: DistContext,
+        resume_from: dict[str, Any] | None = None,
+    ) -> None:
+        from classicnets.data import BatchTransform, make_loader
+
+        self.config, self.device, self.precision, self.data, self.ctx = config, device, precision, data, ctx
+        self.run, self.state = run_folder, state
+        self.raw_model = model
+        cfg = config
+        self.model = prepare_model(model, device, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
+        channels_last = bool(getattr(model, "channels_last", False))
+        pre = model.preprocessing
+        common = {
+            "preprocessing": pre,
+            "batch_size": cfg.train.batch_size,
+            "workers": cfg.data.workers,
+            "seed": cfg.train.seed,
+            "device": device,
+        }
+        self.train_loader = make_loader(
+            data.train,
+            train=True,
+            recipe=cfg.data.augment,
+            drop_last=len(data.train) >= cfg.train.batch_size,
+            max_bad_fraction=cfg.data.max_bad_fraction,
+            **common,
+        )
+        self.val_loader = make_loader(data.val, train=False, max_bad_fraction=cfg.data.max_bad_fraction, **common)
+        self.train_transform = BatchTransform(
+            pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=cfg.train.seed
+        )
+        self.eval_transform = BatchTransform(pre, train=False, channels_last=channels_last)
+        self.optimizer = build_optimizer(param_groups(model, cfg), cfg.optim)
+        self.schedule = LRSchedule(
+            cfg.schedule, base_lr=cfg.optim.lr, epochs=cfg.train.epochs, steps_per_epoch=len(self.train_loader)
+        )
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.resume_from = resume_from
+        self.saved_current = resume_from is not None  # last.pt already holds the current state
+
+    # --- the loop's building blocks -----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Write the run folder's first files (new run) or restore the optimiser, schedule and RNGs (resume)."""
+        cfg = self.config
+        if self.resume_from is None:
+            self.run.write_start(cfg.to_yaml(), self.data.classes, self.data.split)
+            log.info(
+                "run folder %s (%s, %d epochs, %s, %s)",
+                self.run.path,
+                cfg.model.name,
+                cfg.train.epochs,
+                self.device,
+                self.precision,
+            )
+            return
+        ckpt = self.resume_from
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.run.write_start(cfg.to_yaml(), self.data.classes, self.data.split)  # epochs may have changed
+        restore_rng(ckpt["rng"])  # last: nothing may draw random numbers between this and the first step
+        self.resume_from = None
+        log.info("resuming %s at epoch %d, step %d", self.run.path, self.state.epoch + 1, self.state.step_in_epoch)
+
+    def train_steps(self, epoch: int, *, start: int = 0) -> Iterator[tuple[float, Any, Any]]:
+        """Train one epoch from step `start` (earlier batches are drawn and skipped, so the order is unchanged).
+
+        Yields (loss, logits, labels) after every optimisation step; a non-finite loss is yielded without
+        taking the step, and the generator ends.
+        """
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        self.train_transform.set_epoch(epoch)
+        if start >= len(self.train_loader):
+            return
+        if start:
+            log.info("skipping the %d batches of epoch %d trained before the stop", start, epoch + 1)
+        clip = self.config.optim.grad_clip
+        for i, (images, labels) in enumerate(self.train_loader):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            x = self.train_transform(images)  # also for skipped batches: it draws the PCA noise of this batch
+            if i < start:
+                continue
+            x = to_input_layout(x, self.model)
+            self.schedule.apply(self.optimizer, epoch, i)
+            with autocast(self.device, self.precision):
+                logits, loss = self.forward_loss(x, labels)
+            loss_value = float(loss.detach())  # one sync per step: the NaN check and the progress bar need it
+            if not math.isfinite(loss_value):
+                yield loss_value, None, None
+                return
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                if clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                if clip:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                self.optimizer.step()
+            self.state.step_in_epoch = i + 1
+            self.state.global_step += 1
+            self.saved_current = False
+            yield loss_value, logits.detach(), labels
+
+    def forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(x)
+        if isinstance(output, tuple):  # GoogLeNet in training mode: (logits, aux2, aux1)
+            logits, *aux = output
+            loss = self.criterion(logits, labels)
+            loss = loss + AUX_LOSS_WEIGHT * sum(self.criterion(a, labels) for a in aux if a is not None)
+            return logits, loss
+        return output, self.criterion(output, labels)
+
+    def validate(self, stop: StopRequest) -> tuple[MetricSums, ConfusionMatrix] | None:
+        """Loss, top-1/top-5 and the confusion matrix on the validation set; None when a stop came first."""
+        from classicnets.evaluate import evaluate_loader
+
+        result = evaluate_loader(
+            self.model,
+            self.val_loader,
+            self.eval_transform,
+            device=self.device,
+            precision=self.precision,
+            num_classes=len(self.data.classes),
+            should_stop=lambda: self.agree(stop.requested),
+        )
+        if result is None:
+            return None
+        center = result["center"]
+        counts = all_reduce_sum(self.ctx, center.confusion.counts)
+        return self.reduce(center.sums), ConfusionMatrix(center.confusion.num_classes, counts)
+
+    def end_epoch(self, row: dict[str, float], confusion: ConfusionMatrix) -> None:
+        """Record the epoch, step the plateau schedule, save last.pt (and best.pt), metrics.csv and the plots."""
+        state = self.state
+        state.history.append(row)
+        state.epoch += 1
+        state.step_in_epoch, state.partial, state.partial_seconds = 0, [0.0] * 4, 0.0
+        if self.schedule.end_epoch(1.0 - row["val_top1"]):
+            log.info(
+                "validation error stopped improving: lr x %g (decay %d of at most %d)",
+                self.config.schedule.factor,
+                self.schedule.decays,
+                self.config.schedule.max_decays,
+            )
+        improved = state.is_better(row["val_top1"], row["val_loss"])
+        if improved:
+            state.best = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_loss": row["val_loss"]}
+        self.save_last()
+        if improved:
+            self.run.save("best", self.best_checkpoint())
+            self.run.plot_confusion(confusion.to_list(), self.data.classes, row["epoch"])
+        self.run.write_metrics(state.history)
+        self.run.plot_curves(state.history)
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def save_last(self) -> None:
+        ckpt = build_checkpoint(
+            self.raw_model,
+            classes=self.data.classes,
+            config=self.config.to_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            rng=capture_rng(),
+            new_layers=list(getattr(self.raw_model, "new_layers", [])),
+            **self.state.to_checkpoint(),
+        )
+        self.run.save("last", ckpt)
+        self.saved_current = True
+
+    def save_last_if_finite(self) -> bool:
+        """Save last.pt when every weight is finite (the loss can overflow before the weights do)."""
+        if all(bool(torch.isfinite(p).all()) for p in self.raw_model.parameters()):
+            self.save_last()
+            return True
+        return False
+
+    def best_checkpoint(self) -> dict[str, Any]:
+        """best.pt: the weights and what eval/predict need, without the optimiser state (half the size)."""
+        return build_checkpoint(
+            self.raw_model,
+            classes=self.data.classes,
+            config=self.config.to_dict(),
+            epoch=self.state.epoch,
+            metrics=[dict(r) for r in self.state.history],
+            best=dict(self.state.best),
+        )
+
+    # --- progress bar and process agreement --------------------------------------------------------------------
+
+    def progress_bar(self, epoch: int, *, enabled: bool):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=len(self.train_loader),
+            initial=self.state.step_in_epoch,
+            unit="step",
+            leave=False,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
+            disable=not (enabled and self.ctx.is_main),
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+
+    @staticmethod
+    def update_bar(bar, sums: MetricSums, seconds: float) -> None:
+        bar.update(1)
+        if not bar.disable:
+            rate = sums.count / seconds if seconds > 0 else 0.0
+            bar.set_postfix_str(f"loss {sums.loss:.4f}, acc {100 * sums.top1:.1f}%, {rate:.0f} img/s", refresh=False)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when any process has `flag` (a stop request): they stop at the same step."""
+        return any_process(self.ctx, flag)
+
+    def reduce(self, sums: MetricSums) -> MetricSums:
+        return MetricSums(all_reduce_sum(self.ctx, sums.values))
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _runtime(config: Config) -> tuple[torch.device, str]:
+    device = resolve_device(config.train.device)
+    return device, resolve_precision(config.train.precision, device)
+
+
+def start_trainer(config: Config, *, ctx: DistContext | None = None) -> Trainer:
+    """Check everything (device, data, weights) before creating the run folder, then build a new run."""
+    ctx = ctx or DistContext()
+    cfg = resolve_config(config)  # a copy: the caller's config is not changed
+    m = cfg.model
+    device, precision = _runtime(cfg)
+    seed_everything(cfg.train.seed)  # before any weights are drawn
+    start = load_starting_weights(cfg) if m.weights else None
+    in_chans = start.preprocessing.input_size[0] if start is not None else default_in_chans(cfg)
+    data = open_training_data(cfg.data.path, in_chans=in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    num_classes = len(data.classes)
+    if m.num_classes is not None and m.num_classes != num_classes:
+        raise UsageError(f"--num-classes {m.num_classes} but {cfg.data.path} has {num_classes} classes")
+    model = build_model(cfg, num_classes, start=start)
+    # The resolved config: what was left open is now written down, so config.yaml reproduces the run.
+    m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
+    m.weights = str(Path(m.weights).resolve()) if m.weights else None
+    cfg.data.path = str(Path(cfg.data.path).resolve())
+    cfg.data.workers = (
+        cfg.data.workers if cfg.data.workers is not None else min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1)
+    )
+    cfg.train.device, cfg.train.precision = str(device), precision
+    folder = choose_run_folder(cfg.train.out, m.name)
+    cfg.train.out = str(folder)
+    run_folder = RunFolder(folder, is_main=ctx.is_main)
+    return Trainer(
+        cfg,
+        device=device,
+        precision=precision,
+        data=data,
+        model=model,
+        run_folder=run_folder,
+        state=Progress(),
+        ctx=ctx,
+    )
+
+
+def open_resume(
+    resume: str | Path | bool, *, overrides: dict[str, Any], settings=(), ctx: DistContext | None = None
+) -> Trainer:
+    """Rebuild a run from its last.pt: same config (only RESUME_MAY_CHANGE keys may differ), data, weights, state."""
+    ctx = ctx or DistContext()
+    if resume is True:
+        if not overrides.get("out"):
+            raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
+        path = Path(overrides["out"])
+    else:
+        path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    ckpt = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise WeightsError(f"{path}: holds no training state ({', '.join(missing)}); resume from a run's last.pt")
+    saved = resolve_config(ckpt["config"])
+    out = overrides.pop("out", None)
+    if out and Path(out).resolve() != path.parent.resolve():
+        raise UsageError(f"--out {out} differs from the run being resumed ({path.parent}); drop --out")
+    if overrides.get("data"):
+        overrides["data"] = str(Path(overrides["data"]).resolve())
+    requested = resolve_config(ckpt["config"], overrides=overrides, settings=settings)
+    changed = [
+        f"{s}.{k}"
+        for s, section in saved.to_dict().items()
+        for k in section
+        if saved.get(f"{s}.{k}") != requested.get(f"{s}.{k}") and f"{s}.{k}" not in RESUME_MAY_CHANGE
+    ]
+    if changed:
+        key = changed[0]
+        raise UsageError(
+            f"cannot change {key} when resuming (the run has {saved.get(key)!r}, asked {requested.get(key)!r}); "
+            f"start a new run with --weights {path} instead"
+        )
+    cfg = requested
+    cfg.train.out = str(path.parent)
+    device, precision = _runtime(cfg)
+    if (str(device), precision) != (saved.train.device, saved.train.precision):
+        log.warning(
+            "resuming on %s/%s instead of %s/%s: results will not be bit-identical to an uninterrupted run",
+            device,
+            precision,
+            saved.train.device,
+            saved.train.precision,
+        )
+    cfg.train.device, cfg.train.precision = str(device), precision
+    state = Progress.from_checkpoint(ckpt)
+    if state.epoch >= cfg.train.epochs:
+        raise UsageError(f"{path}: the run already finished its {state.epoch} epochs; ask for more with --epochs N")
+    data = open_training_data(
+        cfg.data.path, in_chans=cfg.model.in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
+    )
+    if data.classes != list(ckpt["classes"]):
+        raise DataError(f"{cfg.data.path}: its classes changed since the run started; cannot resume")
+    model = model_from_checkpoint(ckpt)
+    model.new_layers = list(ckpt.get("new_layers", []))  # the fine-tuning param groups, as before the stop
+    apply_surgery(model, cfg, reinit=False)  # the same frozen layers as before the stop
+    return Trainer(
+        cfg,
+        device=device,
+        precision=precision,
+        data=data,
+        model=model,
+        run_folder=RunFolder(path.parent, is_main=ctx.is_main),
+        state=state,
+        ctx=ctx,
+        resume_from=ckpt,
+    )
