@@ -9,7 +9,7 @@ from PIL import Image
 
 from classicnets.data import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, ImageTransform, lighting
 from classicnets.data import batch_transforms as bt
-from classicnets.data.transforms import random_resized_box, resize_short_side
+from classicnets.data.transforms import random_resized_box, resize_short_side, resized_crop
 from classicnets.errors import UsageError
 from classicnets.registry import CAFFE_BGR_MEAN, Preprocessing
 
@@ -153,6 +153,9 @@ def test_batch_transform_ten_crop_channels_last_and_dtype():
     assert y.shape == (2, 10, 3, 4, 4) and y.dtype == torch.bfloat16
     flat = BatchTransform(pre, train=False)(x[:, 3])
     assert torch.allclose(y[:, 3].float(), flat, atol=0.02)
+    nhwc = x[:, 0].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # what the file loader yields
+    assert BatchTransform(pre, train=False)(nhwc).is_contiguous()
+    assert torch.equal(BatchTransform(pre, train=False)(nhwc), BatchTransform(pre, train=False)(x[:, 0]))
     cl = BatchTransform(pre, train=False, channels_last=True)(x[:, 0])
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(
         cl, BatchTransform(pre, train=False)(x[:, 0])
@@ -172,3 +175,11 @@ def test_batch_geometry_random_crop_translates_and_flip():
         assert torch.equal(flipped[n], x[n]) or torch.equal(flipped[n], x[n].flip(-1))
     rrc = bt.random_resized_crop_batch(x, (16, 16), torch.Generator().manual_seed(2))
     assert rrc.shape == (2, 1, 16, 16) and rrc.dtype == torch.uint8
+
+
+def test_resized_crop_matches_resize_then_crop():
+    img = random_image(45, 61, seed=3)
+    for top, left in [(0, 0), (3, 7), (5, 10)]:
+        fused = np.asarray(resized_crop(img, 32, top, left, (27, 30), Image.Resampling.BILINEAR)).astype(int)
+        plain = np.asarray(resize_short_side(img, 32).crop((left, top, left + 30, top + 27))).astype(int)
+        assert fused.shape == (27, 30, 3) and np.abs(fused - plain).max() <= 1

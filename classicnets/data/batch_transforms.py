@@ -89,20 +89,18 @@ class BatchTransform:
         shape = batch.shape
         x = batch.reshape(-1, *shape[-3:]) if batch.dim() == 5 else batch
         device = x.device
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.to(torch.float32, memory_format=layout)  # one pass: a new float tensor in the wanted layout
         if self.pca_std > 0:
             n_images = shape[0]  # one draw per image: the 10 crops of an image share it
             alpha = torch.randn(n_images, 3, generator=self.generator) * self.pca_std
             if batch.dim() == 5:
                 alpha = alpha.repeat_interleave(shape[1], dim=0)
             noise = lighting_noise(alpha, self.eigval, self.eigvec).mul_(255.0)  # [0, 1] units -> 0..255
-            x = x.float() + noise.to(device)[:, :, None, None]
-        else:
-            x = x.float()
+            x.add_(noise.to(device)[:, :, None, None])
         if self.bgr:
-            x = x.flip(1)
-        x = x * self.scale.to(device)[:, None, None] + self.shift.to(device)[:, None, None]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.flip(1).contiguous(memory_format=layout)
+        x.mul_(self.scale.to(device)[:, None, None]).add_(self.shift.to(device)[:, None, None])
         x = x.to(self.dtype)
         return x.reshape(*shape[:-3], *x.shape[-3:]) if batch.dim() == 5 else x
 

@@ -137,7 +137,8 @@ def _load(img: Image.Image, f, path) -> None:
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL image to "RGB" or "L": EXIF orientation applied, alpha composited on BACKGROUND,
     16-bit and 32-bit images scaled into 0..255 (Pillow's own convert would clip them)."""
-    img = ImageOps.exif_transpose(img) or img
+    if not (img.format == "JPEG" and "exif" not in img.info):  # a JPEG keeps its orientation only in EXIF
+        img = ImageOps.exif_transpose(img) or img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         img = _scale_high_depth(img)
     if img.mode == "P":

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from classicnets.data.datasets import pil_to_tensor
 from classicnets.errors import UsageError
 from classicnets.registry import Preprocessing
 
@@ -39,16 +38,32 @@ RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 
 
+def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the short side `size`, aspect kept, long side truncated (as torchvision does)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
 def resize_short_side(img: Image.Image, size: int, resample: int = Image.Resampling.BILINEAR) -> Image.Image:
-    """Resize so the short side is `size`, keeping the aspect ratio (long side truncated, as torchvision does)."""
-    w, h = img.size
-    if min(w, h) == size:
+    """Resize so the short side is `size`, keeping the aspect ratio."""
+    if min(img.size) == size:
         return img
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return img.resize(new, resample)
+    return img.resize(short_side_size(img.width, img.height, size), resample)
+
+
+def resized_crop(img: Image.Image, size: int, top: int, left: int, crop_hw: tuple[int, int], resample: int):
+    """crop(resize_short_side(img, size), top, left, *crop_hw), resampling only the cropped region.
+
+    Pillow's `box` maps each output pixel to the same source position with the same filter width as the full
+    resize would, so the pixels are those of resize-then-crop up to rounding (off by 1 in 0.03 % of the pixels on the
+    cats-vs-dogs sample), at 79 % of the work for a 227
+    crop of 256 (measured by benchmarks/bench_data.py).
+    """
+    rw, rh = short_side_size(img.width, img.height, size)
+    sx, sy = img.width / rw, img.height / rh
+    h, w = crop_hw
+    return img.resize((w, h), resample, box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
 
 
 def crop(img: Image.Image, top: int, left: int, height: int, width: int) -> Image.Image:
@@ -146,19 +161,41 @@ class ImageTransform:
         return self.resize_size or max(self.size)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """uint8 tensor C x H x W (10 x C x H x W with ten_crop), contiguous and writable."""
+        a = np.array(self.apply(img, rng), copy=True)
+        return torch.from_numpy(a).movedim(-1, -3).contiguous()
+
+    def apply(self, img: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The same as a (possibly read-only) numpy array H x W x C (10 x H x W x C with ten_crop): what loader
+        workers use, because the batch is assembled from channel-last arrays without any transposing copy."""
         if img.mode != self.mode:
             img = img.convert(self.mode)
         if self.recipe == "modern":
             top, left, h, w = random_resized_box(img.width, img.height, rng)
             img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
-            return pil_to_tensor(_maybe_flip(img, rng))
+            return _hwc(_maybe_flip(img, rng))
+        if self.resize_size and not self.ten_crop:
+            rw, rh = short_side_size(img.width, img.height, self.resize_size)
+            h, w = self.size
+            if rw >= w and rh >= h:  # the crop lies inside the resized image: resample only the crop
+                if self.recipe == "paper":
+                    top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
+                else:
+                    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+                img = resized_crop(img, self.resize_size, top, left, self.size, self.resample)
+                return _hwc(_maybe_flip(img, rng) if self.recipe == "paper" else img)
         if self.resize_size:
             img = resize_short_side(img, self.resize_size, self.resample)
         if self.recipe == "paper":
-            return pil_to_tensor(_maybe_flip(random_crop(img, self.size, rng), rng))
+            return _hwc(_maybe_flip(random_crop(img, self.size, rng), rng))
         if self.ten_crop:
-            return torch.stack([pil_to_tensor(c) for c in ten_crop(img, self.size)])
-        return pil_to_tensor(center_crop(img, self.size))
+            return np.stack([_hwc(c) for c in ten_crop(img, self.size)])
+        return _hwc(center_crop(img, self.size))
+
+
+def _hwc(img: Image.Image) -> np.ndarray:
+    a = np.asarray(img)  # one copy out of Pillow; read-only
+    return a[:, :, None] if a.ndim == 2 else a
 
 
 def _maybe_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
