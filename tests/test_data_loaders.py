@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from classicnets.data import make_loader, open_dataset
 from classicnets.data.datasets import InMemoryDataset
-from classicnets.data.loaders import _GuardedSamples
+from classicnets.data.loaders import WorkerSeeder, _GuardedSamples
 from classicnets.data.transforms import ImageTransform
 from classicnets.errors import DataError
 from classicnets.registry import Preprocessing
@@ -66,6 +67,24 @@ def test_workers_give_the_same_batches_as_the_main_process(tmp_path):
     single = make_loader(ds, preprocessing=PRE, train=True, batch_size=4, seed=1)
     multi = make_loader(ds, preprocessing=PRE, train=True, batch_size=4, seed=1, workers=2)
     assert same(epoch_batches(multi, 2), epoch_batches(single, 2))
+
+
+@pytest.mark.slow  # starting spawn workers imports torch in each: about 10 s on 2 busy cores
+def test_spawn_workers_give_the_same_batches(tmp_path):
+    ds = open_dataset(make_folder(tmp_path))
+    single = make_loader(ds, preprocessing=PRE, train=True, batch_size=4, seed=1)
+    spawn = make_loader(ds, preprocessing=PRE, train=True, batch_size=4, seed=1, workers=2,
+                        multiprocessing_context="spawn")  # fmt: skip
+    assert same(epoch_batches(spawn, 1), epoch_batches(single, 1))
+
+
+def test_worker_seeder_is_deterministic_per_seed_epoch_worker():
+    def draw(seed, epoch, worker):
+        WorkerSeeder(seed, epoch)(worker)
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    assert draw(1, 2, 0) == draw(1, 2, 0)
+    assert len({draw(1, 2, 0), draw(1, 2, 1), draw(1, 3, 0), draw(2, 2, 0)}) == 4
 
 
 def test_worker_dataset_is_picklable_for_spawn(tmp_path):

@@ -189,3 +189,19 @@ def test_decoding_does_not_leak_file_handles(nasty):
                 pass
     assert len(os.listdir("/proc/self/fd")) == before
     assert torch.is_tensor(open_dataset(root, allow_empty=True)[5][0])
+
+
+@pytest.mark.parametrize("ext", ["png", "gif", "webp", "tiff", "bmp", "jpg"])
+def test_every_format_decodes_and_a_cut_file_is_truncated(tmp_path, ext):
+    a = noise(16, 16, 3) // 64 * 64  # 4 levels per channel: GIF's palette holds them exactly
+    Image.fromarray(a).save(tmp_path / f"a.{ext}", **({"lossless": True} if ext == "webp" else {}))
+    out = decoded(tmp_path / f"a.{ext}")
+    assert out.shape == (16, 16, 3)
+    if ext != "jpg":
+        assert np.array_equal(out, a)
+    data = (tmp_path / f"a.{ext}").read_bytes()
+    for fraction in (0.9, 0.5, 0.05):
+        (tmp_path / f"cut.{ext}").write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(BadImageError) as info:
+            decode_image(tmp_path / f"cut.{ext}")
+        assert info.value.code == "TRUNCATED", (fraction, info.value.detail)

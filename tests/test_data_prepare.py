@@ -102,6 +102,30 @@ def test_rerun_after_interruption_finishes_and_never_overwrites(tmp_path):
         prepare_dataset(src, dst, by_prefix=True, split=[0.6, 0.2, 0.2], seed=3)
 
 
+def test_interrupted_copy_leaves_no_partial_file_and_rerun_completes(tmp_path, monkeypatch):
+    import classicnets.data.prepare as prepare_module
+
+    src = make_flat(tmp_path / "flat", n=5)
+    dst = tmp_path / "out"
+    real_copy, calls = prepare_module.shutil.copyfileobj, []
+
+    def copy_then_ctrl_c(fin, fout, length=0):
+        calls.append(1)
+        if len(calls) == 7:
+            fout.write(fin.read(10))  # half-written when Ctrl-C arrives
+            raise KeyboardInterrupt
+        real_copy(fin, fout, length)
+
+    monkeypatch.setattr(prepare_module.shutil, "copyfileobj", copy_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(src, dst, by_prefix=True, split=[0.6, 0.4])
+    monkeypatch.undo()
+    assert len(files(dst)) == 6 and not [p for p in dst.rglob(".*") if p.is_file()]  # no partial or temp file
+    again = prepare_dataset(src, dst, by_prefix=True, split=[0.6, 0.4])
+    assert (again.written, again.existing, again.conflicts) == (4, 6, [])
+    assert all((dst / f).read_bytes() == (src / os.path.basename(f)).read_bytes() for f in files(dst))
+
+
 def test_move_dry_run_and_resume(tmp_path):
     src = make_flat(tmp_path / "flat", n=5)
     dst = tmp_path / "out"

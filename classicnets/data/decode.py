@@ -82,7 +82,10 @@ def decode_image(
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     try:
-        with open(path, "rb") as f:  # our own handle: closed even when Pillow raises half-way
+        # Pillow's warnings (bomb size, corrupt EXIF, palette transparency) are ours to turn into reason codes
+        with open(path, "rb") as f, warnings.catch_warnings():  # our own handle: closed even when Pillow raises
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if os.fstat(f.fileno()).st_size == 0:
                 raise BadImageError(path, ZERO_BYTES, "the file is empty")
             img = _open_checked(f, path, max_pixels)
@@ -90,20 +93,21 @@ def decode_image(
             if size and img.format == "JPEG":
                 img.draft("L" if mode == "L" else None, size)
             _load(img, f, path)
+            try:
+                return to_mode(img, mode)
+            except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error) as e:
+                raise BadImageError(path, CORRUPT, f"cannot convert to {mode}: {e}") from None  # e.g. broken EXIF
     except FileNotFoundError:
         reason = "dangling symlink" if os.path.islink(path) else "no such file"
         raise BadImageError(path, MISSING, reason) from None
     except OSError as e:  # permission denied, a directory named *.jpg, an I/O error
         raise BadImageError(path, UNREADABLE, e.strerror or str(e)) from None
-    return to_mode(img, mode)
 
 
 def _open_checked(f, path, max_pixels: int) -> Image.Image:
-    """Image.open (header only) with our own size limit; Pillow's warning is ours to give."""
+    """Image.open (header only) with our own size limit."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(f)
+        img = Image.open(f)
     except Image.DecompressionBombError as e:
         raise BadImageError(path, TOO_LARGE, str(e).split(" could be")[0]) from None
     except UnidentifiedImageError:
@@ -113,13 +117,22 @@ def _open_checked(f, path, max_pixels: int) -> Image.Image:
             raise BadImageError(path, TRUNCATED, "starts like an image but its header is cut off") from None
         raise BadImageError(path, NOT_AN_IMAGE, f"unrecognised content starting {head[:4]!r}") from None
     except (SyntaxError, ValueError, EOFError, OSError) as e:  # a plugin rejecting a malformed header
-        raise BadImageError(path, CORRUPT, f"bad header: {e}") from None
+        code = TRUNCATED if isinstance(e, EOFError) or "truncat" in str(e).lower() or _riff_cut(f) else CORRUPT
+        raise BadImageError(path, code, f"bad header: {e}") from None
     w, h = img.size
     if w * h > max_pixels:
         raise BadImageError(path, TOO_LARGE, f"{w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}")
     if w == 0 or h == 0:
         raise BadImageError(path, CORRUPT, f"size {w}x{h}")
     return img
+
+
+def _riff_cut(f) -> bool:
+    """A RIFF file (WebP) shorter than the size its header declares: WebP decodes at open, so a cut file fails there."""
+    f.seek(0)
+    head = f.read(8)
+    size = os.fstat(f.fileno()).st_size
+    return head[:4] == b"RIFF" and len(head) == 8 and size < int.from_bytes(head[4:8], "little") + 8
 
 
 def _load(img: Image.Image, f, path) -> None:

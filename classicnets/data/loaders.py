@@ -48,11 +48,13 @@ def make_loader(
     max_bad_in_row: int = 20,
     sampler: Sampler | None = None,
     device: str | torch.device = "cpu",
+    multiprocessing_context: str | None = None,
 ) -> Loader:
     """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see DATA_API.md.
 
     `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on
-    `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers.
+    `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started
+    with `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -71,7 +73,8 @@ def make_loader(
 
         return DeviceLoader(dataset, transform=transform, **options)
     return Loader(dataset, transform=transform, workers=workers, max_bad_fraction=max_bad_fraction,
-                  max_bad_in_row=max_bad_in_row, **options)  # fmt: skip
+                  max_bad_in_row=max_bad_in_row, multiprocessing_context=multiprocessing_context,
+                  **options)  # fmt: skip
 
 
 class EpochLoaderBase:
@@ -116,9 +119,11 @@ class EpochLoaderBase:
 class Loader(EpochLoaderBase):
     """Image files through DataLoader workers, with the bad-file guard. See make_loader."""
 
-    def __init__(self, dataset, *, transform, workers, max_bad_fraction, max_bad_in_row, **options):
+    def __init__(self, dataset, *, transform, workers, max_bad_fraction, max_bad_in_row, multiprocessing_context=None,
+                 **options):  # fmt: skip
         super().__init__(dataset, transform=transform, **options)
         self.workers = workers
+        self.multiprocessing_context = multiprocessing_context
         self.max_bad_fraction = max_bad_fraction
         self.max_bad_in_row = max_bad_in_row
 
@@ -134,6 +139,7 @@ class Loader(EpochLoaderBase):
             collate_fn=collate_guarded,
             worker_init_fn=WorkerSeeder(self.seed, self.epoch) if self.workers else None,
             pin_memory=self.device.type == "cuda",
+            multiprocessing_context=self.multiprocessing_context if self.workers else None,
         )
         in_row = 0
         for images, labels, failures in loader:

@@ -170,6 +170,8 @@ class ImageTransform:
         workers use, because the batch is assembled from channel-last arrays without any transposing copy."""
         if img.mode != self.mode:
             img = img.convert(self.mode)
+        if rng is None and self.random:
+            rng = np.random.default_rng()  # a caller without a seed gets fresh randomness
         if self.recipe == "modern":
             top, left, h, w = random_resized_box(img.width, img.height, rng)
             img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
