@@ -74,7 +74,7 @@ def _weights_and_biases(path: Path, name: str, entry: Any) -> tuple[np.ndarray, 
     return pair  # type: ignore[return-value]
 
 
-def tf_shape(name: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+def tf_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The TensorFlow-layout shape of a PyTorch parameter: OIHW -> HWIO, (out, in) -> (in, out), bias unchanged."""
     if len(torch_shape) == 4:
         o, i, h, w = torch_shape
@@ -109,7 +109,7 @@ def caffe_state_dict(
     for name in LAYERS:
         prefix = f"{'features' if name.startswith('conv') else 'classifier'}.{name}"
         for what, array, key in zip(("weights", "biases"), layers[name], ("weight", "bias"), strict=True):
-            want = tf_shape(name, tuple(expected[f"{prefix}.{key}"].shape))
+            want = tf_shape(tuple(expected[f"{prefix}.{key}"].shape))
             if tuple(array.shape) != want:
                 raise WeightsError(f"{source}: {name} {what}: expected shape {want}, got {tuple(array.shape)}")
             if key == "weight":

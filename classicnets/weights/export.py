@@ -72,8 +72,9 @@ def export(
     """Write `model` (built by create_model or load_weights) to `path` as safetensors, onnx or torchscript.
 
     `classes` defaults to `model.classes`. The model's preprocessing and class names go into the file. With
-    `verify` the written bytes are loaded back and run on random inputs at batch sizes 1 and 2 (ONNX needs
-    onnxruntime for this); a mismatch raises WeightsError and nothing is written.
+    `verify` the bytes to be written are loaded back and run on random inputs at batch sizes 1 and 2 (ONNX: after
+    onnx.checker's full check, with onnxruntime where installed); a mismatch raises WeightsError and nothing is
+    written.
     """
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -148,18 +149,24 @@ def _safetensors_bytes(net: nn.Module, metadata: dict[str, str], verify: bool) -
     return data, 0.0
 
 
+# Loggers of the exporters that report every optimisation pass at INFO level.
+_CHATTY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporters' chatter (deprecation notes, 'torchvision is not installed' warnings)."""
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)
+    """Silence the exporters' chatter (optimiser passes, deprecation notes, 'torchvision is not installed')."""
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        onnx_log.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _onnx_bytes(net: nn.Module, metadata: dict[str, str], opset: int, verify: bool) -> tuple[bytes, float | None]:
@@ -187,10 +194,10 @@ def _onnx_bytes(net: nn.Module, metadata: dict[str, str], opset: int, verify: bo
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(proto, full_check=True)
-    data = proto.SerializeToString()
     if not verify:
-        return data, None
+        return proto.SerializeToString(), None
+    onnx.checker.check_model(proto, full_check=True)  # structure, types and shapes of every node
+    data = proto.SerializeToString()
     try:
         import onnxruntime
     except ImportError:
@@ -212,7 +219,8 @@ def _torchscript_bytes(net: nn.Module, metadata: dict[str, str], verify: bool) -
     with _quiet_exporter(), torch.no_grad():
         traced = torch.jit.trace(net, example, check_trace=False)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={"classicnets.json": json.dumps(metadata)})
+    with _quiet_exporter():
+        torch.jit.save(traced, buffer, _extra_files={"classicnets.json": json.dumps(metadata)})
     data = buffer.getvalue()
     if not verify:
         return data, None

@@ -72,7 +72,7 @@ def load_pickled_npy(path: str | Path) -> Any:
                     shape, _, dtype = npy_format.read_array_header_1_0(f)
                 else:  # 2.0 and 3.0 differ from 1.0 only in the header length field (and 3.0 in its encoding)
                     shape, _, dtype = npy_format.read_array_header_2_0(f)
-            except (ValueError, SyntaxError, EOFError) as e:
+            except Exception as e:  # ValueError, SyntaxError, tokenize.TokenError ... from a damaged header
                 raise WeightsError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
             if not dtype.hasobject:
                 raise WeightsError(
@@ -102,5 +102,5 @@ def load_pickled_npy(path: str | Path) -> Any:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = str(e).strip().encode("ascii", "backslashreplace").decode()  # garbled bytes stay printable
     return text.splitlines()[0][:160] if text else type(e).__name__
