@@ -112,8 +112,13 @@ def test_guard_skips_bad_files_and_reports_them(tmp_path, caplog):
         (root / "a" / name).write_bytes(data)
     ds = open_dataset(root)
     loader = make_loader(ds, preprocessing=PRE, train=True, batch_size=16, max_bad_fraction=0.05)
-    n = sum(len(y) for _, y in loader)
-    assert n == 200
+    seen, labels = [], []
+    for _, y in loader:
+        seen += loader.batch_indices  # which dataset samples this batch holds
+        labels += y.tolist()
+    bad_indices = {ds.paths.index(str(root / "a" / name)) for name in bad}
+    assert seen == [i for i in loader.epoch_indices() if i not in bad_indices] and len(seen) == 200
+    assert labels == [ds.targets[i] for i in seen]
     assert sorted(loader.bad_files) == [
         (str(root / "a" / "00_zero.png"), "ZERO_BYTES"),
         (str(root / "a" / "01_text.png"), "NOT_AN_IMAGE"),
@@ -158,6 +163,7 @@ def test_in_memory_loader_eval_pads_and_keeps_order():
     assert len(loader) == 3 and [len(y) for _, y in batches] == [16, 16, 8] and loader.bad_files == []
     x = torch.cat([b[0] for b in batches])
     assert x.shape == (40, 1, 32, 32) and torch.equal(x[:, 0, 2:30, 2:30], ds.images)
+    assert loader.batch_indices == list(range(32, 40))
     assert torch.cat([b[1] for b in batches]).tolist() == ds.targets
 
 

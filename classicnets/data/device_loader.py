@@ -36,6 +36,7 @@ class DeviceLoader(EpochLoaderBase):
             index = order[start : start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 break
+            self.batch_indices = index.tolist()
             index = index.to(self.device)
             x = self._channels(self.images[index], 1 if t.mode == "L" else 3)
             if t.recipe == "modern":

@@ -91,6 +91,7 @@ class EpochLoaderBase:
         self.device = device
         self.epoch = 0
         self.bad_files: list[tuple[str, str]] = []
+        self.batch_indices: list[int] = []  # dataset indices of the batch yielded last, in order
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed shuffling and augmentation from (seed, epoch); forwarded to a DistributedSampler."""
@@ -142,7 +143,8 @@ class Loader(EpochLoaderBase):
             multiprocessing_context=self.multiprocessing_context if self.workers else None,
         )
         in_row = 0
-        for images, labels, failures in loader:
+        for images, labels, failures, sample_indices in loader:
+            oks = [index is None for index, _, _ in failures]
             for index, code, detail in failures:
                 in_row = in_row + 1 if index is not None else 0
                 if index is None:
@@ -153,6 +155,7 @@ class Loader(EpochLoaderBase):
                 self._check_limits(in_row, total, where)
             if images is None:
                 continue
+            self.batch_indices = [i for i, ok in zip(sample_indices, oks, strict=True) if ok]
             non_blocking = self.device.type == "cuda"
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
         if self.bad_files:
@@ -195,8 +198,8 @@ class _GuardedSamples(Dataset):
             return None, self.dataset.targets[index], index, e.code, e.detail
 
 
-def collate_guarded(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple]]:
-    """Stack the good samples; return (images or None, labels, outcome per sample in order).
+def collate_guarded(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple], list[int]]:
+    """Stack the good samples; return (images or None, labels, outcome per sample, dataset index per sample).
 
     The outcome list has (None, None, None) for a good sample and (index, code, detail) for a bad one, so the
     main process can count failures in a row across the batch.
@@ -210,7 +213,7 @@ def collate_guarded(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor | None, 
         # channels_last strides (the layout convolutions prefer). Not torch.stack: on uint8 it goes through
         # OpenMP, whose threads spin-wait for a core on a busy machine (1 s instead of 10 ms measured here).
         images = torch.from_numpy(np.stack([item[0] for item in good])).movedim(-1, -3)
-    return images, labels, outcomes
+    return images, labels, outcomes, [item[2] for item in items]
 
 
 class WorkerSeeder:
