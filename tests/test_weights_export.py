@@ -127,3 +127,14 @@ def test_a_torchscript_file_is_not_taken_for_weights(tmp_path):
         load_weights(tmp_path / "lenet.ts")
     buffer = io.BytesIO((tmp_path / "lenet.ts").read_bytes())
     assert torch.jit.load(buffer)(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_a_model_elsewhere_or_in_another_dtype_is_exported_as_a_float32_cpu_copy(tmp_path):
+    """A bf16 model (as a GPU one) is copied to float32 on the CPU for export; the model itself is left alone."""
+    model = create_model("lenet5").to(torch.bfloat16)
+    result = export(model, tmp_path / "lenet.safetensors", fmt="safetensors")
+    assert result.max_abs_diff == 0.0 and model.training
+    back = load_weights(tmp_path / "lenet.safetensors")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert back.state_dict()[key].dtype == torch.float32 and torch.equal(back.state_dict()[key], value.float())
