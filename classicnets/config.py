@@ -130,6 +130,7 @@ FLAG_KEYS = {
     "device": "train.device",
     "precision": "train.precision",
     "compile": "train.compile",
+    "threads": "train.threads",
     "out": "train.out",
 }
 

@@ -44,11 +44,13 @@ def digits_dir() -> Path:
 
 def run_demo(*, out: str | None = None, epochs: int | None = None, device: str = "auto", progress: bool = True):
     """Train, evaluate and predict on the shipped digits; returns a DemoResult."""
+    from classicnets.config import resolve_config
     from classicnets.data import open_dataset
     from classicnets.evaluate import evaluate
     from classicnets.predict import predict
     from classicnets.run_folder import choose_run_folder
     from classicnets.train import fit
+    from classicnets.train_state import cpu_threads
 
     digits = digits_dir()
     folder = Path(out) if out else choose_run_folder(None, "demo")
@@ -58,10 +60,11 @@ def run_demo(*, out: str | None = None, epochs: int | None = None, device: str =
     )
     seconds = time.perf_counter() - started
     test = digits / "test"
-    report = evaluate(result.best_checkpoint, test, device=device, out=result.run_dir / "eval", progress=progress)
-    samples = write_samples(open_dataset(test, in_chans=1), result.run_dir / "samples")
-    grid = result.run_dir / "predictions.png"
-    predictions = predict(result.best_checkpoint, samples, topk=3, device=device, grid=grid)
+    with cpu_threads(resolve_config(DEMO_RECIPE).train.threads):  # as in training (see the recipe)
+        report = evaluate(result.best_checkpoint, test, device=device, out=result.run_dir / "eval", progress=progress)
+        samples = write_samples(open_dataset(test, in_chans=1), result.run_dir / "samples")
+        grid = result.run_dir / "predictions.png"
+        predictions = predict(result.best_checkpoint, samples, topk=3, device=device, grid=grid)
     return DemoResult(
         result.run_dir,
         result.train_images,

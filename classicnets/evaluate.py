@@ -80,15 +80,12 @@ def evaluate_loader(
 
     model.eval()
     passes = {"center": EvalPass(MetricSums(), ConfusionMatrix(num_classes))}
-    order = loader.epoch_indices() if hasattr(loader, "epoch_indices") else None
-    position, bad_seen = 0, 0
-    describe = getattr(loader.dataset, "describe", None)
+    keep = _Misclassified(keep_misclassified, classes, getattr(loader.dataset, "describe", None))
     with torch.inference_mode(), tqdm(total=len(loader), unit="batch", leave=False, disable=not progress) as bar:
         for images, labels in loader:
             if should_stop is not None and should_stop():
                 return None
-            # Which samples this batch holds: the loader skips unreadable files (listed in loader.bad_files).
-            indices, position, bad_seen = _batch_indices(loader, order, position, bad_seen, len(labels))
+            keep.indices = list(getattr(loader, "batch_indices", []))  # dataset indices, unreadable files left out
             labels = labels.to(device)
             if target_map is not None:
                 labels = target_map.to(device)[labels]
@@ -98,74 +95,42 @@ def evaluate_loader(
                 logits = model(to_input_layout(x.flatten(0, 1) if ten else x, model)).float()
             if ten:
                 crops = logits.view(x.shape[0], x.shape[1], -1)
-                _add(
-                    passes,
-                    "center",
-                    crops[:, CENTER_CROP_INDEX],
-                    labels,
-                    images[:, CENTER_CROP_INDEX],
-                    indices,
-                    keep_misclassified,
-                    classes,
-                    describe,
-                )
+                centre_images = images[:, CENTER_CROP_INDEX]
+                _add(passes["center"], crops[:, CENTER_CROP_INDEX], labels, centre_images, keep)
                 probs = crops.softmax(dim=-1).mean(dim=1)  # softmax averaged over the 10 crops (paper)
-                passes.setdefault("ten_crop", EvalPass(MetricSums(), ConfusionMatrix(num_classes)))
-                _add(
-                    passes,
-                    "ten_crop",
-                    probs.clamp_min(1e-12).log(),
-                    labels,
-                    images[:, CENTER_CROP_INDEX],
-                    indices,
-                    keep_misclassified,
-                    classes,
-                    describe,
-                )
+                ten_pass = passes.setdefault("ten_crop", EvalPass(MetricSums(), ConfusionMatrix(num_classes)))
+                _add(ten_pass, probs.clamp_min(1e-12).log(), labels, centre_images, keep)
             else:
-                _add(passes, "center", logits, labels, images, indices, keep_misclassified, classes, describe)
+                _add(passes["center"], logits, labels, images, keep)
             bar.update(1)
     return passes
 
 
-def _batch_indices(loader, order, position: int, bad_seen: int, size: int) -> tuple[list[int] | None, int, int]:
-    if order is None:
-        return None, position, bad_seen
-    bad = getattr(loader, "bad_files", [])
-    skipped = {where for where, _ in bad[bad_seen:]}
-    describe = loader.dataset.describe
-    indices = []
-    while len(indices) < size and position < len(order):
-        i = order[position]
-        position += 1
-        if skipped and describe(i) in skipped:
-            continue
-        indices.append(i)
-    return indices, position, len(bad)
+@dataclass
+class _Misclassified:
+    """Which misclassified samples to keep for the picture: the first `limit` of each pass."""
+
+    limit: int
+    classes: list[str] | None
+    describe: Callable[[int], str] | None
+    indices: list[int] = field(default_factory=list)  # dataset indices of the current batch
 
 
-def _add(passes, name, scores, labels, images, indices, keep, classes, describe) -> None:
+def _add(p: EvalPass, scores: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, keep: _Misclassified) -> None:
     """Add a batch to a pass; `scores` are logits or log-probabilities (the loss is the same cross-entropy)."""
-    p = passes[name]
     loss = nn.functional.cross_entropy(scores, labels)
     p.sums.update(scores, labels, loss)
     predicted = scores.argmax(dim=1)
     p.confusion.update(predicted, labels)
-    if keep and classes is not None and len(p.misclassified) < keep:
-        probs = scores.softmax(dim=1)
-        for j in (predicted != labels).nonzero().flatten().tolist():
-            if len(p.misclassified) >= keep:
-                break
-            file = describe(indices[j]) if (describe and indices) else "?"
-            p.misclassified.append(
-                Misclassified(
-                    file,
-                    classes[int(labels[j])],
-                    classes[int(predicted[j])],
-                    float(probs[j, predicted[j]]),
-                    images[j].cpu(),
-                )
-            )
+    if not keep.limit or keep.classes is None or len(p.misclassified) >= keep.limit:
+        return
+    probs = scores.softmax(dim=1)
+    for j in (predicted != labels).nonzero().flatten().tolist()[: keep.limit - len(p.misclassified)]:
+        file = keep.describe(keep.indices[j]) if (keep.describe and j < len(keep.indices)) else "?"
+        p.misclassified.append(
+            Misclassified(file, keep.classes[int(labels[j])], keep.classes[int(predicted[j])],
+                          float(probs[j, predicted[j]]), images[j].cpu())
+        )  # fmt: skip
 
 
 @dataclass

@@ -25,8 +25,9 @@ from classicnets.errors import ClassicNetsError
 from classicnets.metrics import MetricSums
 from classicnets.run_folder import RunFolder
 from classicnets.signals import StopRequest, stop_on_signals
+from classicnets.train_start import open_resume, start_trainer
 from classicnets.train_state import Progress, cpu_threads, deterministic_algorithms
-from classicnets.trainer import Trainer, open_resume, start_trainer
+from classicnets.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
     cfg, state = trainer.config, trainer.state
     epoch = state.epoch  # 0-based index of the epoch being trained
     started = time.perf_counter()
-    sums = MetricSums(torch.tensor(state.partial))
+    sums = MetricSums(torch.tensor(state.partial, dtype=torch.float64))
     train_seconds = state.partial_seconds
     steps = len(trainer.train_loader)
     if state.step_in_epoch < steps:

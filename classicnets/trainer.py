@@ -1,48 +1,36 @@
 """The Trainer: one object holding a run's model, data, optimiser, schedule and progress, with the single steps
-that train.py's loop strings together. `start_trainer` builds a new run, `open_resume` rebuilds one from last.pt.
+that train.py's loop strings together. train_start.py builds one (new run or --resume).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from classicnets.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint
-from classicnets.config import Config, resolve_config
+from classicnets.checkpoint import build_checkpoint
+from classicnets.config import Config
 from classicnets.distributed import DistContext, all_reduce_sum, any_process
-from classicnets.errors import DataError, UsageError, WeightsError
 from classicnets.metrics import ConfusionMatrix, MetricSums
 from classicnets.optim import LRSchedule, build_optimizer
-from classicnets.run_folder import RunFolder, choose_run_folder
-from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
+from classicnets.run_folder import RunFolder
+from classicnets.runtime import autocast, prepare_model, to_input_layout
 from classicnets.signals import StopRequest
 from classicnets.train_setup import (
     TrainingData,
-    apply_surgery,
-    build_model,
-    default_in_chans,
-    load_starting_weights,
-    open_training_data,
     param_groups,
 )
-from classicnets.train_state import RESUME_KEYS, Progress, capture_rng, restore_rng, seed_everything
+from classicnets.train_state import Progress, capture_rng, restore_rng
 
 log = logging.getLogger(__name__)
 
 # GoogLeNet's auxiliary classifiers: "their loss is added to the total loss with a discount weight 0.3"
 # (Szegedy et al. 2015, section 5).
 AUX_LOSS_WEIGHT = 0.3
-# Data-loading processes when the config leaves it open: enough to keep 2-4 cores busy decoding JPEGs.
-DEFAULT_MAX_WORKERS = 4
-# Keys a resumed run may change: they do not alter the training trajectory (device and precision may, and say so).
-RESUME_MAY_CHANGE = {"train.epochs", "data.workers", "train.device", "train.precision", "train.compile"}
 
 
 class Trainer:
@@ -276,7 +264,8 @@ class Trainer:
         bar.update(1)
         if not bar.disable:
             rate = sums.count / seconds if seconds > 0 else 0.0
-            bar.set_postfix_str(f"loss {sums.loss:.4f}, acc {100 * sums.top1:.1f}%, {rate:.0f} img/s", refresh=False)
+            text = f"loss {sums.loss:.4f}, acc {100 * sums.top1:.1f}%, {rate:.0f} img/s"
+            bar.set_postfix_str(text, refresh=bar.n == bar.total)  # the epoch's final numbers are always drawn
 
     def agree(self, flag: bool) -> bool:
         """True on every process when any process has `flag` (a stop request): they stop at the same step."""
@@ -287,117 +276,3 @@ class Trainer:
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
-
-
-def _runtime(config: Config) -> tuple[torch.device, str]:
-    device = resolve_device(config.train.device)
-    return device, resolve_precision(config.train.precision, device)
-
-
-def start_trainer(config: Config, *, ctx: DistContext | None = None) -> Trainer:
-    """Check everything (device, data, weights) before creating the run folder, then build a new run."""
-    ctx = ctx or DistContext()
-    cfg = resolve_config(config)  # a copy: the caller's config is not changed
-    m = cfg.model
-    device, precision = _runtime(cfg)
-    seed_everything(cfg.train.seed)  # before any weights are drawn
-    start = load_starting_weights(cfg) if m.weights else None
-    in_chans = start.preprocessing.input_size[0] if start is not None else default_in_chans(cfg)
-    data = open_training_data(cfg.data.path, in_chans=in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
-    num_classes = len(data.classes)
-    if m.num_classes is not None and m.num_classes != num_classes:
-        raise UsageError(f"--num-classes {m.num_classes} but {cfg.data.path} has {num_classes} classes")
-    model = build_model(cfg, num_classes, start=start)
-    # The resolved config: what was left open is now written down, so config.yaml reproduces the run.
-    m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
-    m.weights = str(Path(m.weights).resolve()) if m.weights else None
-    cfg.data.path = str(Path(cfg.data.path).resolve())
-    cfg.data.workers = (
-        cfg.data.workers if cfg.data.workers is not None else min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1)
-    )
-    cfg.train.device, cfg.train.precision = str(device), precision
-    folder = choose_run_folder(cfg.train.out, m.name)
-    cfg.train.out = str(folder)
-    run_folder = RunFolder(folder, is_main=ctx.is_main)
-    return Trainer(
-        cfg,
-        device=device,
-        precision=precision,
-        data=data,
-        model=model,
-        run_folder=run_folder,
-        state=Progress(),
-        ctx=ctx,
-    )
-
-
-def open_resume(
-    resume: str | Path | bool, *, overrides: dict[str, Any], settings=(), ctx: DistContext | None = None
-) -> Trainer:
-    """Rebuild a run from its last.pt: same config (only RESUME_MAY_CHANGE keys may differ), data, weights, state."""
-    ctx = ctx or DistContext()
-    if resume is True:
-        if not overrides.get("out"):
-            raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
-        path = Path(overrides["out"])
-    else:
-        path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    ckpt = load_checkpoint(path)
-    missing = [k for k in RESUME_KEYS if k not in ckpt]
-    if missing:
-        raise WeightsError(f"{path}: holds no training state ({', '.join(missing)}); resume from a run's last.pt")
-    saved = resolve_config(ckpt["config"])
-    out = overrides.pop("out", None)
-    if out and Path(out).resolve() != path.parent.resolve():
-        raise UsageError(f"--out {out} differs from the run being resumed ({path.parent}); drop --out")
-    if overrides.get("data"):
-        overrides["data"] = str(Path(overrides["data"]).resolve())
-    requested = resolve_config(ckpt["config"], overrides=overrides, settings=settings)
-    changed = [
-        f"{s}.{k}"
-        for s, section in saved.to_dict().items()
-        for k in section
-        if saved.get(f"{s}.{k}") != requested.get(f"{s}.{k}") and f"{s}.{k}" not in RESUME_MAY_CHANGE
-    ]
-    if changed:
-        key = changed[0]
-        raise UsageError(
-            f"cannot change {key} when resuming (the run has {saved.get(key)!r}, asked {requested.get(key)!r}); "
-            f"start a new run with --weights {path} instead"
-        )
-    cfg = requested
-    cfg.train.out = str(path.parent)
-    device, precision = _runtime(cfg)
-    if (str(device), precision) != (saved.train.device, saved.train.precision):
-        log.warning(
-            "resuming on %s/%s instead of %s/%s: results will not be bit-identical to an uninterrupted run",
-            device,
-            precision,
-            saved.train.device,
-            saved.train.precision,
-        )
-    cfg.train.device, cfg.train.precision = str(device), precision
-    state = Progress.from_checkpoint(ckpt)
-    if state.epoch >= cfg.train.epochs:
-        raise UsageError(f"{path}: the run already finished its {state.epoch} epochs; ask for more with --epochs N")
-    data = open_training_data(
-        cfg.data.path, in_chans=cfg.model.in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
-    )
-    if data.classes != list(ckpt["classes"]):
-        raise DataError(f"{cfg.data.path}: its classes changed since the run started; cannot resume")
-    model = model_from_checkpoint(ckpt)
-    model.new_layers = list(ckpt.get("new_layers", []))  # the fine-tuning param groups, as before the stop
-    apply_surgery(model, cfg, reinit=False)  # the same frozen layers as before the stop
-    return Trainer(
-        cfg,
-        device=device,
-        precision=precision,
-        data=data,
-        model=model,
-        run_folder=RunFolder(path.parent, is_main=ctx.is_main),
-        state=state,
-        ctx=ctx,
-        resume_from=ckpt,
-    )

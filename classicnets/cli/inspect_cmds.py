@@ -99,4 +99,3 @@ def run_summary(args: argparse.Namespace) -> int:
     s = summarize(model, size)
     print(json.dumps(s.to_dict(), indent=2) if args.json else s.format())
     return 0
-

@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--workers", type=int, default=s, help="data-loading processes")
     p.add_argument("--val-fraction", type=float, default=s, help="held out for validation when DIR has no val/")
     p.add_argument("--compile", action="store_true", default=s, help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=s, help="CPU threads (default: one per core)")
     p.add_argument("--resume", nargs="?", const=True, metavar="PATH", help="continue a run (its folder or last.pt)")
     p.add_argument("--weights", default=s, metavar="W", help="start from these weights (fine-tuning)")
     p.add_argument("--num-classes", type=int, default=s, help="classes of the new head (must match the data)")

@@ -1,0 +1,90 @@
+"""predict / `classicnets predict`: top-k with probabilities that sum to 1, the picture grid, unreadable files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from trainkit import digit_folders, is_png, shipped_digits
+
+import classicnets.plots
+from classicnets.checkpoint import build_checkpoint, save_checkpoint
+from classicnets.cli import main
+from classicnets.predict import predict
+from classicnets.registry import MNIST_MEAN, MNIST_STD, create_model
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A LeNet-5 with random weights and named classes: predict must use the stored names and preprocessing."""
+    torch.manual_seed(3)
+    model = create_model("lenet5")
+    path = tmp_path_factory.mktemp("w") / "lenet.pt"
+    save_checkpoint(path, build_checkpoint(model, classes=[f"digit {i}" for i in range(10)]))
+    return path, model.eval()
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    return digit_folders(tmp_path_factory.mktemp("pngs"), per_class=3, classes=("1", "4"), split="test")
+
+
+def test_probabilities_follow_the_stored_preprocessing_and_sum_to_one(weights, pngs):
+    path, model = weights
+    results = predict(path, [pngs], topk=3, device="cpu", precision="fp32")
+    files = sorted(str(p) for p in pngs.rglob("*.png"))
+    assert [r.file for r in results] == files
+    images, labels = shipped_digits("test")
+    first = int(np.flatnonzero(labels == 1)[0])
+    x = torch.nn.functional.pad(torch.from_numpy(images[first]).float()[None, None] / 255, (2, 2, 2, 2))
+    with torch.no_grad():
+        expected = model((x - MNIST_MEAN[0]) / MNIST_STD[0]).softmax(1)[0]
+    r = results[0]
+    assert r.file.endswith(f"test_{first:04d}.png")
+    assert list(r.all_probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert r.classes == [f"digit {i}" for i in expected.argsort(descending=True)[:3].tolist()]
+    assert r.probabilities == sorted(r.probabilities, reverse=True) and len(r.probabilities) == 3
+    assert sum(r.all_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, monkeypatch):
+    path, _ = weights
+    code = main(["predict", "--weights", str(path), str(pngs / "1"), "--json", "--topk", "20"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(lines) == 3
+    for line in lines:
+        row = json.loads(line)
+        assert set(row) == {"file", "top", "probabilities"} and len(row["top"]) == 10  # top-k capped at 10 classes
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["top"][0]["probability"] == max(row["probabilities"].values())
+    titles = []
+    real = classicnets.plots.plot_image_grid
+
+    def recording(images, captions, path, **kw):
+        titles.extend(captions)
+        real(images, captions, path, **kw)
+
+    monkeypatch.setattr(classicnets.plots, "plot_image_grid", recording)
+    grid = tmp_path / "grid.png"
+    code = main(["predict", "--weights", str(path), str(pngs), "--grid", str(grid), "--topk", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and is_png(grid) and out[-1] == f"picture: {grid}"
+    assert out[0].split()[-1] == "top-2" and len(out) == 1 + 6 + 2
+    assert len(titles) == 6 and all(t.startswith("digit ") and t[-6:-4] == ", " for t in titles)  # "digit 3, 0.41"
+
+
+def test_unreadable_images_are_skipped_and_missing_paths_are_errors(capsys, weights, pngs, tmp_path, caplog):
+    path, _ = weights
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "fine.png").write_bytes((pngs / "1").glob("*.png").__next__().read_bytes())
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    results = predict(path, [tmp_path], device="cpu")
+    assert [r.file for r in results] == [str(tmp_path / "fine.png")]
+    assert "skipped " + str(tmp_path / "broken.png") in caplog.text
+    code = main(["predict", "--weights", str(path), str(tmp_path / "nothing.jpg")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"error: {tmp_path / 'nothing.jpg'}: no such file or folder\n"
+    code = main(["predict", "--weights", str(path), str(tmp_path / "broken.png")])
+    assert code == 1 and capsys.readouterr().err == "error: none of the images could be read\n"
