@@ -92,3 +92,76 @@ def test_use_torch_lrn_swaps_every_layer_and_keeps_the_output():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown LRN preset 'tf'"):
         LocalResponseNorm.preset("tf")
+
+
+CHANNELS_LAST = torch.channels_last
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fast_path_equals_torch_in_float32_forward_and_backward(preset, layout):
+    # The training path (custom autograd Function with the hand-written backward) in both memory layouts,
+    # against torch.nn.LocalResponseNorm, 1e-5 relative elementwise.
+    lrn = LocalResponseNorm.preset(preset)
+    x = torch.rand(3, 96, 11, 9) * 150
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = lrn(x1), lrn.to_torch()(x2)
+    assert type(y1.grad_fn).__name__ == "_LRNFunctionBackward"  # really the hand-written backward
+    assert y1.is_contiguous(memory_format=CHANNELS_LAST) == (layout == "channels_last")  # layout kept
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=0)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-5 * x2.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradcheck_float64_both_layouts_and_odd_constants(layout):
+    x = torch.rand(2, 9, 3, 4, dtype=torch.float64) * 40
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    # even window, beta without a square-root shortcut, alpha large enough for the second term to matter
+    lrn = LocalResponseNorm(size=4, alpha=5e-3, beta=0.6, k=1.5, alpha_over_size=False)
+    assert torch.autograd.gradcheck(lrn, (x.requires_grad_(),))
+    for beta in (0.5, 1.0):  # the rsqrt and reciprocal shortcuts
+        lrn = LocalResponseNorm(size=3, alpha=1e-2, beta=beta, k=1.0)
+        assert torch.autograd.gradcheck(lrn, (x.detach().requires_grad_(),))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bfloat16_under_autocast_within_bf16_tolerance(layout):
+    lrn = LocalResponseNorm.preset("paper")
+    x = torch.rand(2, 96, 7, 7) * 150
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    ref_x = x.clone().requires_grad_()
+    ref = lrn.to_torch()(ref_x)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = lrn(xb)
+    assert yb.dtype == torch.bfloat16
+    yb.backward(g.bfloat16())
+    assert xb.grad.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits (relative rounding 2^-8 = 0.4 %); input, output and gradient are each rounded.
+    torch.testing.assert_close(yb.float(), ref, rtol=1.6e-2, atol=0)
+    torch.testing.assert_close(xb.grad.float(), ref_x.grad, rtol=1.6e-2, atol=1.6e-2 * ref_x.grad.abs().max().item())
+
+
+def test_inference_path_and_other_ranks_match_the_training_path():
+    lrn = LocalResponseNorm.preset("caffe")
+    x = torch.rand(2, 16, 5, 5) * 80
+    with torch.inference_mode():  # builds and caches the band inside inference mode ...
+        y_inf = lrn(x)
+    y_train = lrn(x.clone().requires_grad_())  # ... which must still work with autograd afterwards
+    y_train.sum().backward()
+    torch.testing.assert_close(y_inf, y_train.detach(), rtol=0, atol=0)
+    x3 = torch.rand(2, 16, 7) * 80  # N x C x L, as nn.LocalResponseNorm accepts
+    torch.testing.assert_close(lrn(x3), lrn.to_torch()(x3), rtol=1e-5, atol=0)
+    x5 = torch.rand(2, 16, 3, 2, 2) * 80
+    torch.testing.assert_close(lrn(x5), lrn.to_torch()(x5), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="N x C"):
+        lrn(torch.rand(4, 16))
