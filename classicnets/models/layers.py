@@ -9,6 +9,7 @@ a dozen saved intermediates.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -86,12 +87,19 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
     if dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     # Autocast would run the window-sum matmul in bf16 (and on CPUs without native bf16, 100x slower).
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x.device):
         if x.requires_grad and torch.is_grad_enabled() and not _tracing():
             y = _LRNFunction.apply(x, size, alpha, beta, k)
         else:
             y = _lrn_forward(x, size, alpha, beta, k)[0]
     return y.to(dtype).reshape(shape) if y.shape != shape or y.dtype != dtype else y
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on `device` (the meta device, used for shape inspection, has no autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _tracing() -> bool:
@@ -157,7 +165,7 @@ class _LRNFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, y, d, scale = ctx.saved_tensors
-        with torch.autocast(grad.device.type, enabled=False):
+        with _no_autocast(grad.device):
             grad = grad.to(x.dtype)
             if x.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous(
                 memory_format=torch.channels_last
