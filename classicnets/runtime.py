@@ -1,17 +1,30 @@
 """Devices and numerics: pick the device, the precision and the fastest safe layout for it.
 
 `train`, `eval`, `predict` and `bench` all go through here, so the fast path is the same everywhere.
+What the default path is on each device, and why (measured with `classicnets bench` and benchmarks/):
+
+- CPU: float32, or bf16 autocast where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX; elsewhere bf16 is
+  emulated and matmuls run about 100x slower than float32); channels_last (oneDNN's NHWC convolutions and
+  max-pooling are faster than NCHW ones); fused optimizer step (one pass over the parameters instead of three).
+- CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
+- Everywhere: classicnets' LocalResponseNorm (banded matmul, hand-written backward) is part of the models, and
+  grouped convolutions stay single nn.Conv2d(groups=2) calls, which measured faster than two half convolutions
+  (benchmarks/grouped_conv.py). torch.compile only when asked: it costs a minute of compiling per shape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from classicnets.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -44,17 +57,24 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls in hardware, so bf16 autocast is a speed-up there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> 'bf16' where the hardware runs it natively (CPUs with AVX-512 BF16/AMX, CUDA from Ampere on),
-    else 'fp32'. Explicit 'bf16'/'fp16' on hardware that cannot do them is a usage error."""
+    else 'fp32'. Explicit 'bf16'/'fp16' on hardware that cannot do them is a usage error (on a CPU without
+    native bf16, bf16 still works, emulated and slow, and says so in a warning)."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        bf16_ok = cpu_has_native_bf16()
-    else:
-        bf16_ok = False
+    bf16_ok = native_bf16(device)
+    if precision == "bf16" and not bf16_ok and device.type == "cpu":
+        log.warning("this CPU has no native bf16 (AVX-512 BF16/AMX): bf16 is emulated and much slower than fp32")
     if precision == "auto":
         return "bf16" if bf16_ok else "fp32"
     if precision == "fp16" and device.type == "cpu":
@@ -88,9 +108,20 @@ def prepare_model(
         channels_last = device.type in ("cpu", "cuda")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.channels_last = channels_last
+    if device.type == "cuda" and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its algorithms once per shape
     if compile:
         model = torch.compile(model)
     return model
+
+
+def fast_optimizer_options(device: torch.device) -> dict[str, Any]:
+    """Keyword arguments for torch.optim.SGD/Adam/AdamW that select their fastest step on `device`.
+
+    `fused=True` updates every parameter in one kernel pass (CPU since torch 2.4, CUDA), instead of the default
+    multi-tensor ("foreach") step, which makes three or four passes over the parameters; AlexNet has 61 M.
+    """
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
 
 
 def to_input_layout(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:

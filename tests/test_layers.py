@@ -165,3 +165,20 @@ def test_inference_path_and_other_ranks_match_the_training_path():
     torch.testing.assert_close(lrn(x5), lrn.to_torch()(x5), rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="N x C"):
         lrn(torch.rand(4, 16))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 9])
+def test_traced_graph_and_windows_wider_than_the_channels(size):
+    # torch.export (what the ONNX exporter runs) and torch.compile get the functional form: padded slices, no
+    # in-place slice updates. Size 9 over 6 channels: every window is clipped at both edges.
+    lrn = LocalResponseNorm(size=size, alpha=2e-3, beta=0.75, k=1.0, alpha_over_size=True)
+    x = torch.rand(2, 6, 4, 3) * 60
+    expected = lrn.to_torch()(x)
+    torch.testing.assert_close(lrn(x), expected, rtol=1e-5, atol=0)
+    program = torch.export.export(lrn, (x,))
+    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert size == 1 or {"aten.pad.default", "aten.slice.Tensor"} <= ops
+    assert "aten.add_.Tensor" not in ops  # the eager path's in-place slice additions
+    torch.testing.assert_close(program.module()(x * 0.5), lrn.to_torch()(x * 0.5), rtol=1e-5, atol=0)
+    xg = x.double().requires_grad_()
+    assert torch.autograd.gradcheck(lrn, (xg,))

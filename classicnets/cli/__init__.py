@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from classicnets import __version__
-from classicnets.cli import data_cmds, inspect_cmds, train_cmds, weights_cmds
+from classicnets.cli import bench_cmds, data_cmds, inspect_cmds, train_cmds, weights_cmds
 
 # Modules that add sub-commands, in the order `--help` lists them.
-COMMAND_MODULES = [inspect_cmds, data_cmds, train_cmds, weights_cmds]
+COMMAND_MODULES = [inspect_cmds, data_cmds, train_cmds, weights_cmds, bench_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,144 @@
+"""Honest timing (warm-up, interleaved candidates, mean ± sd) and the machine's measured matmul peak.
+
+Timing rules, after airbench and the TensorFlow AlexNet benchmark: run some warm-up iterations that are not timed
+(first calls allocate, pick kernels and fill caches), then time every iteration separately and report mean,
+standard deviation, median and minimum. Candidates compared with each other are interleaved (A, B, A, B, ...)
+so that a burst of load from other processes on a shared machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Stats:
+    """Seconds per call over the timed iterations."""
+
+    mean: float
+    sd: float
+    median: float
+    min: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Stats:
+        if not seconds:
+            raise ValueError("no timings")
+        sd = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
+        return cls(statistics.fmean(seconds), sd, statistics.median(seconds), min(seconds), len(seconds))
+
+    def to_ms(self) -> dict[str, float]:
+        return {f"{k}_ms": v * 1e3 for k, v in asdict(self).items() if k != "n"} | {"n": self.n}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock time covers the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_interleaved(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, Stats]:
+    """Time each callable `steps` times after `warmup` untimed calls, interleaving the candidates round by round."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+            if progress:
+                progress()
+    synchronize(device)
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(steps):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+            if progress:
+                progress()
+    return {name: Stats.of(s) for name, s in seconds.items()}
+
+
+@dataclass
+class Peak:
+    """The best matmul throughput measured for one dtype, and how it was measured."""
+
+    precision: str
+    gflops: float
+    size: int  # n of the n x n @ n x n product that reached it
+    repeats: int
+    method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_matmul_peak(
+    precision: str, device: torch.device, *, budget_s: float = 1.5, sizes: tuple[int, ...] = (512, 1024, 2048)
+) -> Peak:
+    """The machine's matmul peak for `precision`: the fastest n x n @ n x n product (2 n^3 FLOPs) we can time.
+
+    For each n in `sizes` (in order, while the time budget lasts): one untimed warm-up product, then repeated
+    timed products; the peak is the highest FLOP rate of any single product. Square matmuls of these sizes run
+    at the BLAS library's best (MKL/oneDNN on CPU, cuBLAS on GPU), which is the practical upper bound for
+    convolutions and fully connected layers, whose FLOPs are the same multiply-adds. Stops early when a dtype is
+    emulated and slow (bf16 on a CPU without AVX-512 BF16 runs at about 1 GFLOP/s), so it never takes long.
+    """
+    dtype = DTYPES[precision]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    best, best_n, repeats = 0.0, sizes[0], 0
+    deadline = time.perf_counter() + budget_s
+    for n in sizes:
+        a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        start = time.perf_counter()
+        torch.mm(a, b)  # warm-up: thread pool, kernel selection, caches
+        synchronize(device)
+        warm = time.perf_counter() - start
+        flops = 2.0 * n**3
+        while True:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            repeats += 1
+            if flops / elapsed > best:
+                best, best_n = flops / elapsed, n
+            if time.perf_counter() + elapsed > deadline:
+                break
+        # The next size costs 8x more per product: skip it if even its warm-up would overrun the budget.
+        if time.perf_counter() + 8 * max(warm, elapsed) * 2 > deadline:
+            break
+    method = (
+        f"best single {best_n}x{best_n} @ {best_n}x{best_n} torch.mm in {precision} "
+        f"({repeats} timed products, sizes tried {', '.join(map(str, sizes))}, budget {budget_s:g} s), "
+        f"FLOPs = 2n^3"
+    )
+    log.debug("matmul peak %s: %.1f GFLOP/s", precision, best / 1e9)
+    return Peak(precision, best / 1e9, best_n, repeats, method)
+
+
+def efficiency(achieved_gflops: float, peak: Peak | None) -> float:
+    """achieved / peak, or NaN when no peak was measured."""
+    if peak is None or peak.gflops <= 0:
+        return math.nan
+    return achieved_gflops / peak.gflops

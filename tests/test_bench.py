@@ -1,0 +1,162 @@
+"""`classicnets bench`: counted FLOPs, consistent figures, JSON/CSV output, the optional comparisons, CLI errors.
+
+Only consistency is asserted (images/s = batch / time, efficiency in (0, 1], ...): speed goals are benchmark
+figures, not unit tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from classicnets.bench import BenchConfig, count_flops, run_bench
+from classicnets.cli import main
+from classicnets.models.layers import use_torch_lrn
+from classicnets.peak import Stats, measure_matmul_peak, time_interleaved
+from classicnets.registry import create_model
+
+CPU = torch.device("cpu")
+
+
+def test_alexnet2012_counts_separate_params_macs_and_flops():
+    c = count_flops("alexnet2012", (3, 227, 227), None)
+    assert c.params == 60_965_224  # FACTS.md
+    assert c.macs == 724_406_816
+    assert c.forward_flops == 1_448_813_632
+    # forward + weight gradients (2 x forward) + input gradients of every layer but conv1 (96 x 55 x 55 x 3 x 11 x 11)
+    conv1_macs = 96 * 55 * 55 * 3 * 11 * 11
+    assert c.train_flops == 2 * (3 * 724_406_816 - conv1_macs) == 4_135_610_496
+
+
+def test_training_flops_equal_flop_counter_mode_where_it_is_right():
+    # FlopCounterMode counts grouped convolutions' input gradients twice, so compare on the ungrouped AlexNet.
+    with torch.device("meta"):
+        model = use_torch_lrn(create_model("alexnet"))
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 224, 224, device="meta")).sum().backward()
+    assert count_flops("alexnet", (3, 224, 224), None).train_flops == counter.get_total_flops() == 4_144_577_280
+
+
+def test_stats_and_interleaving():
+    s = Stats.of([0.001, 0.002, 0.003, 0.010])
+    assert s.mean == pytest.approx(0.004) and s.median == pytest.approx(0.0025) and s.min == 0.001 and s.n == 4
+    assert s.sd == pytest.approx(0.004082483, rel=1e-6)
+    assert s.to_ms()["mean_ms"] == pytest.approx(4.0)
+    calls: list[str] = []
+    stats = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, steps=3, device=CPU
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds, alternating
+    assert stats["a"].n == stats["b"].n == 3
+
+
+def test_matmul_peak_is_measured_and_described():
+    peak = measure_matmul_peak("fp32", CPU, budget_s=0.3, sizes=(64, 128))
+    assert peak.gflops > 0 and peak.size in (64, 128) and peak.repeats >= 1
+    assert "torch.mm in fp32" in peak.method and "2n^3" in peak.method
+
+
+@pytest.fixture(scope="module")
+def lenet_report():
+    cfg = BenchConfig(model="lenet5", batch_sizes=[1, 3], mode="both", warmup=1, steps=2, baseline=True, onnx=False,
+                      peak_budget_s=0.3)  # fmt: skip
+    return run_bench(cfg)
+
+
+def test_figures_are_consistent(lenet_report):
+    rows = lenet_report.rows
+    assert [(r.batch_size, r.mode, r.path) for r in rows] == [
+        (b, m, p) for b in (1, 3) for m in ("infer", "train") for p in ("default", "baseline")
+    ]
+    counts = lenet_report.counts
+    assert counts["params"] == 61_706 and counts["forward_flops"] == 2 * counts["macs"]
+    for r in rows:
+        mean_s = r.mean_ms / 1e3
+        assert r.n == 2 and r.min_ms <= r.median_ms and r.sd_ms >= 0
+        assert r.images_per_s == pytest.approx(r.batch_size / mean_s, rel=1e-9)
+        per_image = counts["forward_flops"] if r.mode == "infer" else counts["train_flops"]
+        assert r.flops_per_batch == r.batch_size * per_image
+        assert r.gflops == pytest.approx(r.flops_per_batch / mean_s / 1e9, rel=1e-9)
+        assert 0 < r.efficiency <= 1
+        assert r.efficiency == pytest.approx(r.gflops / lenet_report.peaks[r.precision]["gflops"], rel=1e-9)
+        if r.path == "default":
+            base = next(b for b in rows if (b.batch_size, b.mode, b.path) == (r.batch_size, r.mode, "baseline"))
+            assert r.speedup == pytest.approx(base.mean_ms / r.mean_ms, rel=1e-9)
+        else:
+            assert r.speedup is None
+    assert lenet_report.paths["baseline"].channels_last is False
+    assert lenet_report.paths["default"].channels_last is True
+
+
+def test_json_csv_and_table(lenet_report):
+    data = json.loads(lenet_report.to_json())
+    assert {"model", "input_size", "system", "config", "counts", "peaks", "paths", "results"} <= data.keys()
+    assert {"cpu", "threads", "torch", "git_revision", "device", "load_average_before"} <= data["system"].keys()
+    assert data["system"]["threads"] == torch.get_num_threads() and data["system"]["torch"] == torch.__version__
+    assert {"params", "macs", "forward_flops", "train_flops"} == data["counts"].keys()
+    assert data["peaks"]["fp32"]["gflops"] > 0 and "method" in data["peaks"]["fp32"]
+    assert {"mean_ms", "sd_ms", "images_per_s", "gflops", "efficiency", "speedup"} <= data["results"][0].keys()
+    lines = list(csv.DictReader(io.StringIO(lenet_report.to_csv())))
+    assert len(lines) == 8 and lines[0]["model"] == "lenet5" and lines[0]["torch"] == torch.__version__
+    assert float(lines[0]["images_per_s"]) == pytest.approx(lenet_report.rows[0].images_per_s, rel=1e-5)
+    table = lenet_report.format()
+    assert "matmul peak fp32" in table and "baseline path: fp32, NCHW" in table
+    assert "MACs 416,520" in table and "FLOPs forward 833,040" in table
+
+
+def test_onnxruntime_comparison_at_batch_one():
+    pytest.importorskip("onnxruntime")
+    cfg = BenchConfig(model="lenet5", batch_sizes=[1], mode="infer", warmup=1, steps=2, onnx=True, peak_budget_s=0.2)
+    o = run_bench(cfg).onnx
+    assert o["batch_size"] == 1 and o["threads"] == torch.get_num_threads()
+    assert o["ratio"] == pytest.approx(o["onnxruntime_mean_ms"] / o["ours_mean_ms"], rel=1e-9)
+    assert o["ours_n"] == o["onnxruntime_n"] == 2
+
+
+def test_data_loader_timing(tmp_path):
+    pytest.importorskip("classicnets.data")
+    from PIL import Image
+
+    for label, colour in (("cat", 40), ("dog", 200)):
+        (tmp_path / label).mkdir()
+        for i in range(4):
+            Image.new("RGB", (48, 40), (colour, i * 30, 90)).save(tmp_path / label / f"{i}.png")
+    cfg = BenchConfig(model="lenet5", batch_sizes=[2], mode="train", warmup=1, steps=2, data=str(tmp_path),
+                      workers=0, peak_budget_s=0.2)  # fmt: skip
+    (d,) = run_bench(cfg).data
+    assert d["images"] == 8 and d["batch_size"] == 2 and d["mode"] == "train" and d["n"] == 2
+    assert d["slowdown"] == pytest.approx(d["mean_ms"] / d["synthetic_mean_ms"], rel=1e-9)
+    assert 0 <= d["wait_mean_ms"] <= d["mean_ms"] * d["n"]
+
+
+def test_cli_json(capsys):
+    code = main(["bench", "--model", "lenet5", "--batch-size", "2", "--mode", "infer", "--steps", "2", "--warmup", "0",
+                 "--json", "--quiet"])  # fmt: skip
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["batch_size"] for r in data["results"]] == [2] and data["onnxruntime"] is None
+    assert math.isclose(data["results"][0]["images_per_s"], 2 / (data["results"][0]["mean_ms"] / 1e3), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "lenet5", "--batch-size", "0"], "--batch-size '0'"),
+        (["--model", "lenet5", "--batch-size", "a,b"], "--batch-size 'a,b'"),
+        (["--model", "alexnet2013"], "unknown model 'alexnet2013'"),
+        (["--model", "lenet5", "--onnx"], "--onnx compares batch-1 inference"),
+        (["--model", "lenet5", "--data", "/nonexistent/folder"], "--data /nonexistent/folder: no such"),
+        (["--model", "lenet5", "--steps", "0"], "--steps >= 1"),
+        (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),
+    ],
+)
+def test_cli_usage_errors(capsys, argv, message):
+    assert main(["bench", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

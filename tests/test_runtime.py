@@ -1,0 +1,107 @@
+"""Device, precision and layout choices of the default path (classicnets.runtime)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from classicnets import runtime
+from classicnets.errors import UsageError
+from classicnets.registry import create_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    assert runtime.native_bf16(CPU) is native
+    assert runtime.resolve_precision("auto", CPU) == expected
+    assert runtime.resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_explicit_bf16_without_native_support_warns_but_runs(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="classicnets.runtime"):
+        assert runtime.resolve_precision("bf16", CPU) == "bf16"
+    assert "emulated" in caplog.text
+
+
+@pytest.mark.parametrize(("precision", "message"), [("fp8", "unknown precision 'fp8'"), ("fp16", "for GPUs")])
+def test_bad_precisions_are_usage_errors(precision, message):
+    with pytest.raises(UsageError, match=message):
+        runtime.resolve_precision(precision, CPU)
+
+
+def test_native_bf16_detection_reads_the_cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    assert runtime.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_devices():
+    assert runtime.resolve_device("cpu") == CPU
+    assert runtime.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(UsageError, match="unknown device 'gpu0'"):
+        runtime.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            runtime.resolve_device("cuda")
+
+
+def test_autocast_runs_matmuls_in_bf16_only_when_asked():
+    a = torch.randn(4, 4)
+    with runtime.autocast(CPU, "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (a @ a).dtype == torch.float32
+    with runtime.autocast(CPU, "bf16"):
+        assert (a @ a).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_prepare_model_puts_cpu_models_in_channels_last_and_inputs_follow():
+    model = runtime.prepare_model(create_model("alexnet2012", num_classes=3), CPU)
+    assert model.channels_last is True
+    assert model.features.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    x = runtime.to_input_layout(torch.rand(2, 3, 227, 227), model)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    nchw = runtime.prepare_model(create_model("lenet5"), CPU, channels_last=False)
+    assert nchw.channels_last is False
+    assert runtime.to_input_layout(torch.rand(2, 1, 32, 32), nchw).is_contiguous()
+
+
+def test_channels_last_model_computes_what_the_nchw_one_does():
+    torch.manual_seed(0)
+    model = create_model("alexnet2012", num_classes=5).eval()
+    x = torch.rand(2, 3, 227, 227)
+    with torch.no_grad():
+        expected = model(x)
+        fast = runtime.prepare_model(model, CPU)
+        got = fast(runtime.to_input_layout(x, fast))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_optimizer_step_equals_the_default_step():
+    assert runtime.fast_optimizer_options(CPU) == {"fused": True}
+    assert runtime.fast_optimizer_options(torch.device("meta")) == {}
+    torch.manual_seed(0)
+    nets = [nn.Linear(8, 3), nn.Linear(8, 3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0].weight.detach().clone()
+    optims = [
+        torch.optim.SGD(nets[0].parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+        torch.optim.SGD(
+            nets[1].parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, **runtime.fast_optimizer_options(CPU)
+        ),
+    ]
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for net, opt in zip(nets, optims, strict=True):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(nets[1].weight, nets[0].weight, rtol=1e-6, atol=1e-7)
+    assert (nets[0].weight - start).abs().max() > 1e-3  # the steps really moved the weights
