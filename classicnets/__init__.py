@@ -21,6 +21,10 @@ _API = {
     "load_weights": "classicnets.weights",
     "finetune_surgery": "classicnets.weights",
     "param_groups": "classicnets.weights",
+    "fit": "classicnets.train",
+    "evaluate": "classicnets.evaluate",
+    "predict": "classicnets.predict",
+    "resolve_config": "classicnets.config",
 }
 
 __all__ = ["__version__", *_API]

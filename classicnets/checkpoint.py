@@ -9,8 +9,20 @@ reads it (the loader refuses anything else; we never fall back to an unsafe load
     state_dict      the model's weights
     classes         class names, index order
     preprocessing   Preprocessing.to_dict(): input size, resize, mean/std, channel order, pixel scale
-    # optional, written by training:
-    epoch, optimizer, scheduler, scaler, rng, config, metrics, ...
+    # optional, written by training (classicnets.train; last.pt has them all, best.pt the first four):
+    config          the run's resolved config (Config.to_dict(): plain YAML-like values)
+    epoch           completed epochs
+    metrics         one dict per completed epoch (the rows of metrics.csv)
+    best            {"epoch", "val_top1", "val_loss"} of the best epoch so far
+    step_in_epoch   optimisation steps done in the unfinished epoch (0 at an epoch boundary)
+    global_step     optimisation steps done in all
+    partial         [loss_sum, top1, top5, count] of the unfinished epoch; partial_seconds its time
+    optimizer       optimizer.state_dict() (param groups keep "initial_lr", the schedule's base)
+    scheduler       LRSchedule.state_dict(): {"best_error", "bad_epochs", "decays"}
+    scaler          GradScaler.state_dict() for fp16, else None
+    rng             {"torch": ByteTensor, "python": [version, [ints], gauss], "numpy": ["MT19937", [ints], pos,
+                    has_gauss, cached], "cuda": [ByteTensor, ...]}: plain lists, as weights_only refuses numpy
+    new_layers      layers trained from scratch while fine-tuning (their param group), for --resume
 
 `eval` and `predict` need nothing but this file.
 """

@@ -118,6 +118,7 @@ class Trainer:
         taking the step, and the generator ends.
         """
         self.model.train()
+        keep_frozen_norms_fixed(self.model)
         self.train_loader.set_epoch(epoch)
         self.train_transform.set_epoch(epoch)
         if start >= len(self.train_loader):
@@ -276,3 +277,13 @@ class Trainer:
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def keep_frozen_norms_fixed(model: nn.Module) -> None:
+    """BatchNorm layers whose weights are frozen (fine-tuning) stay in eval mode, so their running statistics stay
+    those of the pretrained weights too (what torchvision's FrozenBatchNorm2d and timm's freeze() achieve)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
