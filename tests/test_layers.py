@@ -182,3 +182,18 @@ def test_traced_graph_and_windows_wider_than_the_channels(size):
     torch.testing.assert_close(program.module()(x * 0.5), lrn.to_torch()(x * 0.5), rtol=1e-5, atol=0)
     xg = x.double().requires_grad_()
     assert torch.autograd.gradcheck(lrn, (xg,))
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_functional_form_for_compilers_is_differentiable(monkeypatch, beta):
+    # Under torch.compile and torch.export the layer is plain differentiable ops (autograd derives the backward):
+    # forced here, it must match torch's LRN and pass gradcheck.
+    import classicnets.models.layers as layers
+
+    monkeypatch.setattr(layers, "_tracing", lambda: True)
+    lrn = LocalResponseNorm(size=5, alpha=1e-3, beta=beta, k=2.0)
+    x = (torch.rand(2, 8, 3, 3, dtype=torch.float64) * 40).requires_grad_()
+    y = lrn(x)
+    assert type(y.grad_fn).__name__ != "_LRNFunctionBackward"
+    torch.testing.assert_close(y, lrn.to_torch()(x), rtol=1e-10, atol=0)
+    assert torch.autograd.gradcheck(lrn, (x,))

@@ -141,11 +141,13 @@ def _window_sum_functional(s: torch.Tensor, size: int, *, transposed: bool, plus
 
 
 def _neg_pow_(d: torch.Tensor, beta: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """d ** -beta, written into `out` when given. pow() with a fractional exponent is exp(-beta * log d), about
-    3x slower on CPU than the square roots that give the exponents in common use (0.75 in AlexNet and
-    GoogLeNet, 0.5, 1)."""
-    if beta == 0.75:
-        return torch.sqrt(d, out=out).mul_(d).rsqrt_()  # (d * d ** 0.5) ** -0.5
+    """d ** -beta, computed in `out`'s memory when given (out=None: out-of-place ops, differentiable by autograd,
+    for compilers and exporters). pow() with a fractional exponent is exp(-beta * log d), about 3x slower on CPU
+    than the square roots that give the exponents in common use (0.75 in AlexNet and GoogLeNet, 0.5, 1)."""
+    if beta == 0.75:  # (d * d ** 0.5) ** -0.5
+        if out is None:
+            return torch.rsqrt(d * torch.sqrt(d))
+        return torch.sqrt(d, out=out).mul_(d).rsqrt_()
     if beta == 0.5:
         return torch.rsqrt(d, out=out)
     if beta == 1.0:
