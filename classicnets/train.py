@@ -146,6 +146,14 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
                 trainer.update_bar(bar, sums, state.partial_seconds)
                 if trainer.agree(stop.requested):
                     raise _interrupted(trainer, stop)
+        except (TrainingInterrupted, TrainingDiverged):
+            raise
+        except Exception:
+            # Ctrl-C in a terminal reaches the DataLoader workers too, and a batch being fetched then fails:
+            # the state after the last finished step is still good, so save it as for any stop.
+            if stop.requested:
+                raise _interrupted(trainer, stop) from None
+            raise
         finally:
             bar.close()
     train_seconds = state.partial_seconds

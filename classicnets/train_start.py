@@ -49,7 +49,7 @@ def _runtime(config: Config) -> tuple[torch.device, str]:
     return device, resolve_precision(config.train.precision, device)
 
 
-def start_trainer(config: Config, *, ctx: DistContext | None = None) -> Trainer:
+def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: dict | None = None) -> Trainer:
     """Check everything (device, data, weights) before creating the run folder, then build a new run."""
     ctx = ctx or DistContext()
     cfg = resolve_config(config)  # a copy: the caller's config is not changed
@@ -83,11 +83,17 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None) -> Trainer:
         run_folder=run_folder,
         state=Progress(),
         ctx=ctx,
+        samplers=samplers,
     )
 
 
 def open_resume(
-    resume: str | Path | bool, *, overrides: dict[str, Any], settings=(), ctx: DistContext | None = None
+    resume: str | Path | bool,
+    *,
+    overrides: dict[str, Any],
+    settings=(),
+    ctx: DistContext | None = None,
+    samplers: dict | None = None,
 ) -> Trainer:
     """Rebuild a run from its last.pt: same config (only RESUME_MAY_CHANGE keys may differ), data, weights, state."""
     ctx = ctx or DistContext()
@@ -155,4 +161,5 @@ def open_resume(
         state=state,
         ctx=ctx,
         resume_from=ckpt,
+        samplers=samplers,
     )

@@ -46,6 +46,7 @@ class Trainer:
         state: Progress,
         ctx: DistContext,
         resume_from: dict[str, Any] | None = None,
+        samplers: dict[str, Any] | None = None,
     ) -> None:
         from classicnets.data import BatchTransform, make_loader
 
@@ -63,15 +64,21 @@ class Trainer:
             "seed": cfg.train.seed,
             "device": device,
         }
+        # `samplers` ({"train": ..., "val": ...}) is the hook for torchrun: a DistributedSampler and an exact
+        # evaluation shard (classicnets.distributed.ShardSampler); None keeps the loaders' own order.
+        samplers = samplers or {}
         self.train_loader = make_loader(
             data.train,
             train=True,
             recipe=cfg.data.augment,
             drop_last=len(data.train) >= cfg.train.batch_size,
             max_bad_fraction=cfg.data.max_bad_fraction,
+            sampler=samplers.get("train"),
             **common,
         )
-        self.val_loader = make_loader(data.val, train=False, max_bad_fraction=cfg.data.max_bad_fraction, **common)
+        self.val_loader = make_loader(
+            data.val, train=False, max_bad_fraction=cfg.data.max_bad_fraction, sampler=samplers.get("val"), **common
+        )
         self.train_transform = BatchTransform(
             pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=cfg.train.seed
         )
@@ -137,8 +144,8 @@ class Trainer:
             with autocast(self.device, self.precision):
                 logits, loss = self.forward_loss(x, labels)
             loss_value = float(loss.detach())  # one sync per step: the NaN check and the progress bar need it
-            if not math.isfinite(loss_value):
-                yield loss_value, None, None
+            if self.agree(not math.isfinite(loss_value)):  # every process stops at the same step
+                yield (loss_value if not math.isfinite(loss_value) else math.nan), None, None  # nan: another process's
                 return
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:

@@ -193,3 +193,27 @@ def test_out_folder_is_never_overwritten_and_default_names_are_numbered(digits, 
     assert (str(first.run_dir), str(second.run_dir)) == ("runs/lenet5", "runs/lenet5-2")
     with pytest.raises(UsageError, match="--out runs/lenet5 already holds a run; continue it with --resume"):
         fit("lenet5", digits, epochs=1, out="runs/lenet5")
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics():
+    from torch import nn
+
+    from classicnets.trainer import keep_frozen_norms_fixed
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)).train()
+    for p in net[1].parameters():
+        p.requires_grad_(False)
+    keep_frozen_norms_fixed(net)
+    before = (net[1].running_mean.clone(), net[3].running_mean.clone())
+    net(torch.randn(2, 3, 8, 8) + 5)
+    assert (net[1].training, net[3].training) == (False, True)
+    assert torch.equal(net[1].running_mean, before[0]) and not torch.equal(net[3].running_mean, before[1])
+
+
+def test_print_config_of_a_run_being_resumed(finished_run, capsys):
+    from classicnets.cli import main
+
+    code = main(["train", "--resume", str(finished_run.run_dir), "--epochs", "4", "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert code == 0 and printed["train"]["epochs"] == 4 and printed["train"]["out"] == str(finished_run.run_dir)
+    assert printed["model"]["num_classes"] == 10  # the run's resolved config, not the defaults
