@@ -219,7 +219,8 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
     report = BenchReport(model=cfg.model, config=asdict(cfg), system=system_info(device), counts=counts.to_dict())
     report.input_size = list(input_size)
 
-    needed = {precision} | ({"fp32"} if cfg.baseline else set())
+    # The path's precision, fp32 (the baseline's) and bf16 always: whether bf16 is native shows in its peak.
+    needed = {precision, "fp32"} | ({"bf16"} if device.type in ("cpu", "cuda") else set())
     peaks_before = {p: measure_matmul_peak(p, device, budget_s=cfg.peak_budget_s) for p in sorted(needed)}
 
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -293,3 +294,5 @@ def _set_efficiency(row: ResultRow, peaks: dict[str, Peak]) -> None:
     peak = peaks.get(row.precision)
     row.peak_gflops = peak.gflops if peak else math.nan
     row.efficiency = efficiency(row.gflops, peak)
+    # The roofline: no implementation of these FLOPs in this precision can take less time on this machine.
+    row.roofline_ms = row.flops_per_batch / (peak.gflops * 1e9) * 1e3 if peak and peak.gflops > 0 else math.nan

@@ -18,8 +18,8 @@ import torch
 
 import classicnets
 
-# Historical anchors for AlexNet at batch 128 on a Titan X with cuDNN R4 (soumith/convnet-benchmarks, 2016):
-# (forward ms, forward + backward ms), fp32 and fp16. Printed next to GPU results for comparison.
+# Historical anchors for AlexNet at batch 128 on a Titan X with cuDNN R4 (soumith/convnet-benchmarks, 2016, as
+# quoted in issue 6): (forward ms, forward + backward ms), fp32 and fp16. Printed next to GPU results.
 TITAN_X_ANCHORS = {"fp32": (27.0, 81.0), "fp16": (25.0, 71.0)}
 
 
@@ -59,6 +59,7 @@ class ResultRow:
     gflops: float  # flops_per_batch / mean time
     peak_gflops: float = math.nan
     efficiency: float = math.nan  # gflops / peak_gflops
+    roofline_ms: float = math.nan  # flops_per_batch / peak: the least time these FLOPs can take at the peak
     speedup: float | None = None  # baseline mean / this mean (default path rows of a run with --baseline)
 
 
@@ -175,16 +176,33 @@ class BenchReport:
             "infer = forward only (eval, no grad); train = forward + cross-entropy + backward + SGD step. "
             "images/s = batch / mean; GFLOP/s = counted FLOPs / mean; efficiency = GFLOP/s / matmul peak."
         )
+        lines += self._roofline_lines()
         if self.onnx:
             lines.append(_format_onnx(self.onnx))
         for d in self.data:
             lines.append(_format_data(d))
         if s["device"] == "cuda" and self.model == "alexnet":
+            (f32, b32), (f16, b16) = TITAN_X_ANCHORS["fp32"], TITAN_X_ANCHORS["fp16"]
             lines.append(
-                "historical anchor, AlexNet batch 128 on a Titan X (cuDNN R4): forward 27 ms, forward+backward 81 ms "
-                "in fp32; 25 / 71 ms in fp16 (our train rows also include the optimizer step)"
+                f"historical anchor, AlexNet batch 128 on a Titan X (cuDNN R4): forward {f32:g} ms, forward+backward "
+                f"{b32:g} ms in fp32; {f16:g} / {b16:g} ms in fp16 (our train rows also include the optimizer step)"
             )
         return "\n".join(lines)
+
+    def _roofline_lines(self) -> list[str]:
+        """For each default-path row with a baseline: the fastest any path in that precision could be."""
+        out = []
+        baseline = {(r.batch_size, r.mode): r for r in self.rows if r.path == "baseline"}
+        for r in self.rows:
+            b = baseline.get((r.batch_size, r.mode))
+            if r.path != "default" or b is None or not math.isfinite(r.roofline_ms):
+                continue
+            out.append(
+                f"roofline, batch {r.batch_size} {r.mode}: {r.flops_per_batch / 1e9:.1f} GFLOP at the {r.precision} "
+                f"matmul peak take >= {r.roofline_ms:.1f} ms, so no {r.precision} path can beat the baseline by more "
+                f"than {b.mean_ms / r.roofline_ms:.2f}x; the default path reaches {r.efficiency:.0%} of that bound"
+            )
+        return out
 
 
 def _format_onnx(o: dict[str, Any]) -> str:

@@ -85,6 +85,7 @@ def test_figures_are_consistent(lenet_report):
         assert r.gflops == pytest.approx(r.flops_per_batch / mean_s / 1e9, rel=1e-9)
         assert 0 < r.efficiency <= 1
         assert r.efficiency == pytest.approx(r.gflops / lenet_report.peaks[r.precision]["gflops"], rel=1e-9)
+        assert r.efficiency == pytest.approx(r.roofline_ms / r.mean_ms, rel=1e-9)  # the same bound, two ways
         if r.path == "default":
             base = next(b for b in rows if (b.batch_size, b.mode, b.path) == (r.batch_size, r.mode, "baseline"))
             assert r.speedup == pytest.approx(base.mean_ms / r.mean_ms, rel=1e-9)
@@ -108,6 +109,8 @@ def test_json_csv_and_table(lenet_report):
     table = lenet_report.format()
     assert "matmul peak fp32" in table and "baseline path: fp32, NCHW" in table
     assert "MACs 416,520" in table and "FLOPs forward 833,040" in table
+    assert table.count("roofline, batch") == 4  # one per default row with a baseline beside it
+    assert {"fp32", "bf16"} <= lenet_report.peaks.keys()  # bf16's peak shows whether it is native
 
 
 def test_onnxruntime_comparison_at_batch_one():

@@ -197,3 +197,33 @@ def test_functional_form_for_compilers_is_differentiable(monkeypatch, beta):
     assert type(y.grad_fn).__name__ != "_LRNFunctionBackward"
     torch.testing.assert_close(y, lrn.to_torch()(x), rtol=1e-10, atol=0)
     assert torch.autograd.gradcheck(lrn, (x,))
+
+
+def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
+    import copy
+    import pickle
+
+    from classicnets.models.layers import PrepackedConv2d, prepack_convolutions
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(6, 8, 5, stride=2, padding=2, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    packed = prepack_convolutions(copy.deepcopy(plain))
+    assert [type(m) for m in packed] == [PrepackedConv2d, nn.ReLU, PrepackedConv2d]
+    assert packed.state_dict().keys() == plain.state_dict().keys()
+    x = torch.rand(3, 6, 17, 15).contiguous(memory_format=CHANNELS_LAST)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(packed(x.contiguous()), plain(x.contiguous()), rtol=1e-5, atol=1e-6)  # NCHW
+        assert packed[0]._packed_cache is not None  # the packed weight was really used
+    # A training step changes the weights: inference afterwards must use them, not the old packed copy.
+    packed(x).sum().backward()  # autograd goes through nn.Conv2d's own forward
+    with torch.no_grad():
+        for p in packed.parameters():
+            p -= 0.5 * p.grad
+    plain.load_state_dict(packed.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-6)
+    clone = pickle.loads(pickle.dumps(copy.deepcopy(packed)))  # the oneDNN copy is dropped, rebuilt on demand
+    assert "_packed_cache" not in vars(clone[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(x), plain(x), rtol=1e-5, atol=1e-6)

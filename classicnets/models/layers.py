@@ -9,6 +9,8 @@ backward that reuses the forward's denominators instead of autograd's chain of a
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -211,6 +213,68 @@ def channel_window(channels: int, size: int, *, dtype: torch.dtype, device: torc
     idx = torch.arange(channels, device=device)
     offset = idx[:, None] - idx[None, :]  # j - c
     return ((offset >= -(size // 2)) & (offset <= (size - 1) // 2)).to(dtype)
+
+
+class PrepackedConv2d(nn.Conv2d):
+    """nn.Conv2d that, for CPU float32 inference on channels_last input, keeps its weight in oneDNN's blocked
+    layout instead of re-arranging it on every call, which is a third of a convolution's time at batch 1
+    (AlexNet conv3: 4.8 instead of 7.4 ms, one thread).
+
+    Anything else (training, autograd, autocast, NCHW input, compilers, exporters) runs nn.Conv2d's forward.
+    The packed copy is rebuilt whenever the weight changes (an optimizer step or load_state_dict bumps its
+    version counter), so it can never be stale. Made by `prepack_convolutions`, which swaps the class of existing
+    Conv2d modules: parameters, names, hooks and state-dict keys stay as they are.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packable(x):
+            try:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self._packed(x), self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
+                )
+            except (RuntimeError, AttributeError, TypeError) as e:  # an internal op changed in another torch version
+                self._packing_failed = True
+                logging.getLogger(__name__).debug("prepacked convolution unavailable (%s); using nn.Conv2d", e)
+        return super().forward(x)
+
+    def _packable(self, x: torch.Tensor) -> bool:
+        return (
+            not torch.is_grad_enabled()
+            and not getattr(self, "_packing_failed", False)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available()
+            and not _tracing()
+        )
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        key = (self.weight._version, self.weight.data_ptr())
+        cache = getattr(self, "_packed_cache", None)
+        if cache is None or cache[0] != key:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(x.shape)
+            )
+            self._packed_cache = cache = (key, packed)
+        return cache[1]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_packed_cache", None)  # oneDNN tensors cannot be copied or pickled; rebuilt on demand
+        return state
+
+
+def prepack_convolutions(model: nn.Module) -> nn.Module:
+    """Make every plain nn.Conv2d in `model` a PrepackedConv2d, in place (see there); returns `model`."""
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = PrepackedConv2d
+    return model
 
 
 def use_torch_lrn(model: nn.Module) -> nn.Module:
