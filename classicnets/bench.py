@@ -69,6 +69,8 @@ class BenchConfig:
             raise UsageError(f"--warmup must be >= 0 and --steps >= 1 (got {self.warmup} and {self.steps})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if not self.peak_budget_s > 0:
+            raise UsageError(f"--peak-seconds must be positive, got {self.peak_budget_s}")
 
     @property
     def modes(self) -> list[str]:

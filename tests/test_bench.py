@@ -138,11 +138,14 @@ def test_data_loader_timing(tmp_path):
     assert 0 <= d["wait_mean_ms"] <= d["mean_ms"] * d["n"]
 
 
-def test_cli_json(capsys):
+def test_cli_json_and_output_file(capsys, tmp_path):
+    out = tmp_path / "reports" / "bench.csv"
     code = main(["bench", "--model", "lenet5", "--batch-size", "2", "--mode", "infer", "--steps", "2", "--warmup", "0",
-                 "--json", "--quiet"])  # fmt: skip
+                 "--json", "--quiet", "--peak-seconds", "0.2", "--output", str(out)])  # fmt: skip
     assert code == 0
     data = json.loads(capsys.readouterr().out)
+    (line,) = csv.DictReader(out.open())  # the file gets CSV (by its suffix) while stdout gets JSON
+    assert float(line["mean_ms"]) == pytest.approx(data["results"][0]["mean_ms"], rel=1e-5)
     assert [r["batch_size"] for r in data["results"]] == [2] and data["onnxruntime"] is None
     assert math.isclose(data["results"][0]["images_per_s"], 2 / (data["results"][0]["mean_ms"] / 1e3), rel_tol=1e-9)
 
@@ -157,6 +160,7 @@ def test_cli_json(capsys):
         (["--model", "lenet5", "--data", "/nonexistent/folder"], "--data /nonexistent/folder: no such"),
         (["--model", "lenet5", "--steps", "0"], "--steps >= 1"),
         (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),
+        (["--model", "lenet5", "--peak-seconds", "0"], "--peak-seconds must be positive"),
     ],
 )
 def test_cli_usage_errors(capsys, argv, message):

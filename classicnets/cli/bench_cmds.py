@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         help="compare batch-1 inference with onnxruntime (default: when installed and batch 1 is timed)",
     )
+    p.add_argument(
+        "--peak-seconds", type=float, default=1.5, metavar="S", help="time budget of each matmul peak measurement"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--classes", type=int, metavar="N", help="number of classes (default: the model's own)")
     fmt = p.add_mutually_exclusive_group()
@@ -97,6 +100,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         onnx=args.onnx,
         data=args.data,
         workers=args.workers,
+        peak_budget_s=args.peak_seconds,
     )
     report = run_bench(cfg, quiet=args.quiet)
     if args.output:
