@@ -37,7 +37,9 @@ def test_precedence_defaults_recipe_flags_settings():
 
 
 def test_recipes_by_name_path_and_top_level_configs_folder(tmp_path):
-    assert {"alexnet2012_paper", "alexnet2012_finetune", "lenet5_digits", "resnet_torchvision"} <= set(list_recipes())
+    assert set(list_recipes()) >= {
+        "alexnet2012_paper", "alexnet2012_small_data", "alexnet2012_finetune", "lenet5_digits", "resnet_torchvision",
+    }  # fmt: skip
     assert find_recipe("alexnet2012_paper") == find_recipe("alexnet2012_paper.yaml")
     via_folder = resolve_config(REPO / "configs" / "alexnet2012_paper.yaml")
     assert via_folder == resolve_config("alexnet2012_paper")
@@ -56,6 +58,9 @@ def test_paper_recipe_has_the_papers_numbers():
     assert (c.data.augment, c.data.pca_std) == ("paper", 0.1)
     finetune = resolve_config("alexnet2012_finetune")
     assert (finetune.optim.lr, finetune.model.head_lr_mult) == (0.001, 10.0)
+    small = resolve_config("alexnet2012_small_data")  # the paper's network and augmentation, another start
+    assert (small.model.kwargs, small.optim.name, small.optim.lr) == ({"lrn": "paper", "init": "default"}, "adam", 1e-4)
+    assert (small.data.augment, small.data.pca_std) == ("paper", 0.1)
 
 
 @pytest.mark.parametrize(
