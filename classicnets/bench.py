@@ -27,7 +27,7 @@ from classicnets import runtime
 from classicnets.bench_report import BenchReport, PathInfo, ResultRow, system_info
 from classicnets.errors import UsageError
 from classicnets.models.layers import use_torch_lrn
-from classicnets.peak import Peak, Stats, efficiency, measure_matmul_peak, time_interleaved
+from classicnets.peak import Peak, PeakProbe, Stats, best_peak, efficiency, measure_matmul_peak, time_interleaved
 from classicnets.registry import create_model, get_model_info
 from classicnets.summary import layer_macs
 
@@ -224,6 +224,14 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
     # The path's precision, fp32 (the baseline's) and bf16 always: whether bf16 is native shows in its peak.
     needed = {precision, "fp32"} | ({"bf16"} if device.type in ("cpu", "cuda") else set())
     peaks_before = {p: measure_matmul_peak(p, device, budget_s=cfg.peak_budget_s) for p in sorted(needed)}
+    # Probed between the steps too, for the precisions the paths use, unless emulated (a 1024 product would take
+    # seconds): the peak then sees the same load as the steps it is compared with.
+    probes = {
+        p: PeakProbe(p, device)
+        for p in {precision} | ({"fp32"} if cfg.baseline else set())
+        if p == "fp32" or runtime.native_bf16(device) or device.type == "cuda"
+    }
+    probed: dict[str, list[Peak]] = {p: [] for p in probes}
 
     generator = torch.Generator().manual_seed(cfg.seed)
     for batch in cfg.batch_sizes:
@@ -245,9 +253,12 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             steps = {
                 p.info.name: infer_step(p, x, device) if mode == "infer" else train_step(p, x, y, device) for p in paths
             }
+            steps |= {f"peak probe {p}": probe for p, probe in probes.items()}
             total = (cfg.warmup + cfg.steps) * len(steps)
             with _progress(total, quiet, f"{cfg.model} {mode} batch {batch}") as tick:
                 stats = time_interleaved(steps, warmup=cfg.warmup, steps=cfg.steps, device=device, progress=tick)
+            for p, probe in probes.items():
+                probed[p].append(probe.peak(stats[f"peak probe {p}"]))
             flops = batch * (counts.forward_flops if mode == "infer" else counts.train_flops)
             for p in paths:
                 report.rows.append(_row(batch, mode, p.info, stats[p.info.name], flops, peaks_before))
@@ -263,12 +274,12 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         del paths, base, baseline_model, steps
         gc.collect()
 
-    # Measured again after the timings: the peak is the best of both, so a burst of load from other processes
-    # during the first measurement cannot make efficiency exceed 1.
+    # Measured again after the timings: the peak is the best of before, between and after, so a burst of load
+    # from other processes during one measurement cannot make efficiency exceed 1.
     peaks = {}
     for p, before in peaks_before.items():
         after = measure_matmul_peak(p, device, budget_s=cfg.peak_budget_s)
-        peaks[p] = max(before, after, key=lambda pk: pk.gflops)
+        peaks[p] = best_peak(before, after, probed.get(p, []))
     report.peaks = {p: pk.to_dict() for p, pk in peaks.items()}
     for row in report.rows:
         _set_efficiency(row, peaks)

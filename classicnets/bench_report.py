@@ -177,6 +177,12 @@ class BenchReport:
             "images/s = batch / mean; GFLOP/s = counted FLOPs / mean; efficiency = GFLOP/s / matmul peak."
         )
         lines += self._roofline_lines()
+        busy = (s["load_average_before"] or [0.0])[0] > 0.5 * (s["logical_cpus"] or 1)
+        if busy or any(r.efficiency > 1 for r in self.rows):
+            lines.append(
+                "note: other processes were using the CPUs (load average above, or an efficiency over 100 %): "
+                "absolute figures are noisy; the interleaved ratios of this run are the figures to trust"
+            )
         if self.onnx:
             lines.append(_format_onnx(self.onnx))
         for d in self.data:

@@ -128,13 +128,41 @@ def measure_matmul_peak(
         # The next size costs 8x more per product: skip it if even its warm-up would overrun the budget.
         if time.perf_counter() + 8 * max(warm, elapsed) * 2 > deadline:
             break
-    method = (
-        f"best single {best_n}x{best_n} @ {best_n}x{best_n} torch.mm in {precision} "
-        f"({repeats} timed products, sizes tried {', '.join(map(str, sizes))}, budget {budget_s:g} s), "
-        f"FLOPs = 2n^3"
-    )
+    method = f"{', '.join(map(str, sizes))} within {budget_s:g} s"
     log.debug("matmul peak %s: %.1f GFLOP/s", precision, best / 1e9)
     return Peak(precision, best / 1e9, best_n, repeats, method)
+
+
+class PeakProbe:
+    """One n x n matmul to time between the benchmark's steps, so that the peak is also sampled under whatever
+    load the steps see (on a shared machine a peak measured only before and after can miss it either way)."""
+
+    def __init__(self, precision: str, device: torch.device, n: int = 1024) -> None:
+        generator = torch.Generator(device="cpu").manual_seed(1)
+        dtype = DTYPES[precision]
+        self.precision, self.n = precision, n
+        self.a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        self.b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+
+    def __call__(self) -> None:
+        torch.mm(self.a, self.b)
+
+    def peak(self, stats: Stats) -> Peak:
+        return Peak(self.precision, 2.0 * self.n**3 / stats.min / 1e9, self.n, stats.n, "between the steps")
+
+
+def best_peak(before: Peak, after: Peak, probes: list[Peak]) -> Peak:
+    """The highest of the measurements of one precision's peak, with a method saying where each came from."""
+    best = max([before, after, *probes], key=lambda p: p.gflops)
+    parts = [f"{before.gflops:.1f} GFLOP/s before the run", f"{after.gflops:.1f} after"]
+    if probes:
+        probe = max(probes, key=lambda p: p.gflops)
+        parts.append(f"{probe.gflops:.1f} in {sum(p.repeats for p in probes)} products between the timed steps")
+    method = (
+        f"the best single n x n @ n x n torch.mm in {best.precision} (2 n^3 FLOPs, n = {best.size}; sizes "
+        f"{before.method}): {', '.join(parts)}"
+    )
+    return Peak(best.precision, best.gflops, best.size, before.repeats + after.repeats, method)
 
 
 def efficiency(achieved_gflops: float, peak: Peak | None) -> float:
