@@ -163,6 +163,7 @@ def test_cli_json_and_output_file(capsys, tmp_path):
         (["--model", "lenet5", "--steps", "0"], "--steps >= 1"),
         (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),
         (["--model", "lenet5", "--peak-seconds", "0"], "--peak-seconds must be positive"),
+        (["--model", "lenet5", "--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_cli_usage_errors(capsys, argv, message):

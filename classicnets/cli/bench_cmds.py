@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="compare batch-1 inference with onnxruntime (default: when installed and batch 1 is timed)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch and onnxruntime (default: one per core; 1 is often faster on a busy machine)",
+    )
+    p.add_argument(
         "--peak-seconds", type=float, default=1.5, metavar="S", help="time budget of each matmul peak measurement"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -76,6 +82,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.data and not os.path.exists(args.data):
         raise UsageError(f"--data {args.data}: no such file or folder")
     sizes = parse_batch_sizes(args.batch_size)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.onnx and (1 not in sizes or args.mode == "train"):
         raise UsageError("--onnx compares batch-1 inference: add 1 to --batch-size and use --mode infer or both")
     # PyTorch's CPU allocator backs large tensors with transparent huge pages when this is set before its first
@@ -102,7 +110,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         peak_budget_s=args.peak_seconds,
     )
-    report = run_bench(cfg, quiet=args.quiet)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)  # before any work: the report records torch.get_num_threads()
+    try:
+        report = run_bench(cfg, quiet=args.quiet)
+    finally:
+        torch.set_num_threads(threads)
     if args.output:
         from classicnets.fileio import atomic_write_text
 
