@@ -36,7 +36,7 @@ def test_demo_writes_the_run_folder_pictures_and_predictions(capsys, tmp_path):
     code, out, accuracy = run_demo(capsys, tmp_path, "--epochs", "1")
     run = tmp_path / "demo"
     assert code == 0 and accuracy >= 90.0  # one epoch of the recipe already gets most digits right
-    assert "LeNet-5 trained on 7,199 digits (lenet5_digits recipe, 1 epochs" in out
+    assert "LeNet-5 trained on 7,199 digits (lenet5_digits recipe, 1 epoch," in out
     for name in ("loss.png", "accuracy.png", "confusion_matrix.png", "predictions.png", "eval/confusion_matrix.png"):
         assert is_png(run / name), name
     assert {"best.pt", "last.pt", "metrics.csv", "config.yaml", "classes.json"} <= {p.name for p in run.iterdir()}

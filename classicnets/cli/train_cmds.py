@@ -218,10 +218,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be at least 1")
     result = demo(out=args.out, epochs=args.epochs, device=args.device, progress=not args.quiet)
-    print(
-        f"\nLeNet-5 trained on {result.train_images:,} digits ({DEMO_RECIPE} recipe, {result.epochs} epochs, "
-        f"{result.seconds:.0f} s)"
-    )
+    how = f"{DEMO_RECIPE} recipe, {result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.seconds:.0f} s"
+    print(f"\nLeNet-5 trained on {result.train_images:,} digits ({how})")
     print(f"test accuracy on {result.test_images:,} held-out digits: {100 * result.test_top1:.2f}%\n")
     print("predictions on a few held-out digits (true label in the file name):")
     for p in result.predictions:
