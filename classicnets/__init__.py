@@ -22,8 +22,8 @@ _API = {
     "finetune_surgery": "classicnets.weights",
     "param_groups": "classicnets.weights",
     "fit": "classicnets.train",
-    "evaluate": "classicnets.evaluate",
-    "predict": "classicnets.predict",
+    "evaluate": "classicnets.evaluation",
+    "predict": "classicnets.prediction",
     "resolve_config": "classicnets.config",
 }
 

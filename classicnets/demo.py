@@ -33,7 +33,7 @@ class DemoResult:
     epochs: int
     seconds: float
     test_top1: float
-    predictions: list  # classicnets.predict.Prediction
+    predictions: list  # classicnets.prediction.Prediction
     grid: Path
 
 
@@ -46,8 +46,8 @@ def run_demo(*, out: str | None = None, epochs: int | None = None, device: str =
     """Train, evaluate and predict on the shipped digits; returns a DemoResult."""
     from classicnets.config import resolve_config
     from classicnets.data import open_dataset
-    from classicnets.evaluate import evaluate
-    from classicnets.predict import predict
+    from classicnets.evaluation import evaluate
+    from classicnets.prediction import predict
     from classicnets.run_folder import choose_run_folder
     from classicnets.train import fit
     from classicnets.train_state import cpu_threads

@@ -176,7 +176,7 @@ class Trainer:
 
     def validate(self, stop: StopRequest) -> tuple[MetricSums, ConfusionMatrix] | None:
         """Loss, top-1/top-5 and the confusion matrix on the validation set; None when a stop came first."""
-        from classicnets.evaluate import evaluate_loader
+        from classicnets.evaluation import evaluate_loader
 
         result = evaluate_loader(
             self.model,

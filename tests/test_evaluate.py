@@ -11,7 +11,7 @@ from trainkit import digit_folders, digit_idx, is_png, shipped_digits
 
 from classicnets.checkpoint import load_checkpoint, model_from_checkpoint
 from classicnets.cli import main
-from classicnets.evaluate import evaluate
+from classicnets.evaluation import evaluate
 from classicnets.metrics import ConfusedPair, ConfusionMatrix, MetricSums, topk_correct
 from classicnets.registry import MNIST_MEAN, MNIST_STD
 from classicnets.train import fit
@@ -118,3 +118,14 @@ def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path)
     code = main(["eval", "--weights", str(tmp_path / "none.pt"), "--data", str(test_digits)])
     err = capsys.readouterr().err
     assert code == 1 and "none.pt: no such file" in err and err.count("\n") == 1
+
+
+def test_the_package_exports_functions_not_modules():
+    import inspect
+
+    import classicnets.evaluation  # noqa: F401  (imported first: a submodule named like the function would win)
+    import classicnets.prediction  # noqa: F401
+    from classicnets import evaluate as evaluate_function
+    from classicnets import fit, predict
+
+    assert all(inspect.isfunction(f) for f in (evaluate_function, fit, predict))

@@ -12,7 +12,7 @@ from trainkit import digit_folders, is_png, shipped_digits
 import classicnets.plots
 from classicnets.checkpoint import build_checkpoint, save_checkpoint
 from classicnets.cli import main
-from classicnets.predict import predict
+from classicnets.prediction import predict
 from classicnets.registry import MNIST_MEAN, MNIST_STD, create_model
 
 

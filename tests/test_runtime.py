@@ -125,7 +125,7 @@ def test_lenet5_trained_in_bf16_ends_within_0_3_points_of_fp32(tmp_path):
     # with the demo's recipe (15 epochs) and compare top-1 on the 2,000 held-out digits. Measured: 98.55 % both
     # (fp32 65 s, bf16 178 s with bf16 emulated on a CPU without AVX-512 BF16).
     from classicnets.demo import digits_dir
-    from classicnets.evaluate import evaluate
+    from classicnets.evaluation import evaluate
     from classicnets.train import fit
 
     top1 = {}

@@ -137,7 +137,7 @@ def _pct(value: float | None) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from classicnets.evaluate import evaluate
+    from classicnets.evaluation import evaluate
 
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
     report = evaluate(
@@ -186,7 +186,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from classicnets.predict import predict
+    from classicnets.prediction import predict
 
     results = predict(
         args.weights,

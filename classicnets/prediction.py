@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from classicnets.errors import DataError, UsageError
-from classicnets.evaluate import load_model
+from classicnets.evaluation import load_model
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
 
 log = logging.getLogger(__name__)
