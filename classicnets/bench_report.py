@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import classicnets
+from classicnets.process_env import fast_cpu_env_status
 
 # Historical anchors for AlexNet at batch 128 on a Titan X with cuDNN R4 (soumith/convnet-benchmarks, 2016, as
 # quoted in issue 6): (forward ms, forward + backward ms), fp32 and fp16. Printed next to GPU results.
@@ -127,7 +128,8 @@ class BenchReport:
             f"classicnets bench: {self.model} on {s['device_name']}, {s['threads']} threads, torch {s['torch']}, "
             f"classicnets {s['classicnets']} (git {s['git_revision'] or 'unknown'})",
             f"load average before/after: {_fmt_load(s['load_average_before'])} / {_fmt_load(s['load_average_after'])}"
-            f" ({s['logical_cpus']} logical CPUs; a load above that means other processes shared the machine)",
+            f" ({s['logical_cpus']} logical CPUs; a load above that means other processes shared the machine); "
+            + ", ".join(f"{k}={v}" for k, v in s["environment"].items()),
             f"input {'x'.join(map(str, self.input_size))}: parameters {c['params']:,}; per image: "
             f"MACs {c['macs']:,}, FLOPs forward {c['forward_flops']:,}, FLOPs training step {c['train_flops']:,}",
         ]
@@ -245,6 +247,7 @@ def system_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "classicnets": classicnets.__version__,
         "git_revision": git_revision(),
+        "environment": fast_cpu_env_status(),
         "load_average_before": _loadavg(),
         "load_average_after": None,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -136,3 +137,23 @@ def test_lenet5_trained_in_bf16_ends_within_0_3_points_of_fp32(tmp_path):
         top1[precision] = report.passes["center"].sums.top1
     assert top1["fp32"] > 0.97  # really trained
     assert abs(top1["bf16"] - top1["fp32"]) <= 0.003
+
+
+def test_fast_cpu_environment_is_set_before_torch_and_respects_the_user():
+    import os
+    import subprocess
+    import sys
+
+    from classicnets.process_env import FAST_CPU_ENV, apply_fast_cpu_env
+
+    assert apply_fast_cpu_env() == {}  # torch is imported in this process: too late, nothing changed
+    code = (
+        "from classicnets.process_env import apply_fast_cpu_env; import json, os; applied = apply_fast_cpu_env(); "
+        "import torch; print(json.dumps([applied, os.environ['OMP_WAIT_POLICY']]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in FAST_CPU_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [FAST_CPU_ENV, "PASSIVE"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [{"THP_MEM_ALLOC_ENABLE": "1"}, "ACTIVE"]

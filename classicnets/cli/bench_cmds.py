@@ -86,9 +86,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.onnx and (1 not in sizes or args.mode == "train"):
         raise UsageError("--onnx compares batch-1 inference: add 1 to --batch-size and use --mode infer or both")
-    # PyTorch's CPU allocator backs large tensors with transparent huge pages when this is set before its first
-    # allocation: a fresh 37 MB activation then costs ~20 page faults instead of ~9,000.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    from classicnets.process_env import apply_fast_cpu_env
+
+    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
     from classicnets.bench import BenchConfig, run_bench
     from classicnets.registry import get_model_info
 
