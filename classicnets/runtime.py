@@ -6,7 +6,8 @@ What the default path is on each device, and why (measured with `classicnets ben
 - CPU: float32, or bf16 autocast where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX; elsewhere bf16 is
   emulated and matmuls run about 100x slower than float32); channels_last (oneDNN's NHWC convolutions and
   max-pooling are faster than NCHW ones); convolutions keep a oneDNN-packed copy of their weight for
-  inference (models.layers.PrepackedConv2d); fused optimizer step (one pass over the parameters, not three).
+  inference and fully connected layers multiply in oneDNN rather than MKL (models.layers.PrepackedConv2d,
+  OneDNNLinear); fused optimizer step (one pass over the parameters, not three).
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
 - Everywhere: classicnets' LocalResponseNorm (banded matmul, hand-written backward) is part of the models, and
   grouped convolutions stay single nn.Conv2d(groups=2) calls, which measured faster than two half convolutions
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from classicnets.errors import UsageError
-from classicnets.models.layers import prepack_convolutions
+from classicnets.models.layers import use_fast_cpu_layers
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def prepare_model(
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.channels_last = channels_last
     if device.type == "cpu" and channels_last and not compile:
-        prepack_convolutions(model)  # inference keeps oneDNN-ready weights; training is unaffected
+        use_fast_cpu_layers(model)  # oneDNN-packed conv weights for inference, oneDNN linear products
     if device.type == "cuda" and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its algorithms once per shape
     if compile:

@@ -203,11 +203,11 @@ def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
     import copy
     import pickle
 
-    from classicnets.models.layers import PrepackedConv2d, prepack_convolutions
+    from classicnets.models.layers import PrepackedConv2d, use_fast_cpu_layers
 
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(6, 8, 5, stride=2, padding=2, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
-    packed = prepack_convolutions(copy.deepcopy(plain))
+    packed = use_fast_cpu_layers(copy.deepcopy(plain))
     assert [type(m) for m in packed] == [PrepackedConv2d, nn.ReLU, PrepackedConv2d]
     assert packed.state_dict().keys() == plain.state_dict().keys()
     x = torch.rand(3, 6, 17, 15).contiguous(memory_format=CHANNELS_LAST)
@@ -227,3 +227,30 @@ def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
     assert "_packed_cache" not in vars(clone[0])
     with torch.inference_mode():
         torch.testing.assert_close(clone(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onednn_linear_equals_nn_linear_forward_and_backward(batch):
+    import copy
+
+    from classicnets.models.layers import OneDNNLinear, use_fast_cpu_layers
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 7))
+    fast = use_fast_cpu_layers(copy.deepcopy(plain))
+    assert [type(m) for m in fast] == [OneDNNLinear, nn.ReLU, OneDNNLinear]
+    x = torch.randn(batch, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = fast(x1), plain(x2)
+    if batch > 1 or torch.get_num_threads() > 1:
+        assert type(y1.grad_fn).__name__ == "_OneDNNLinearFunctionBackward"  # the oneDNN product really ran
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's own forward, in bf16
+        assert fast(x).dtype == torch.bfloat16

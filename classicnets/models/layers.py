@@ -222,7 +222,7 @@ class PrepackedConv2d(nn.Conv2d):
 
     Anything else (training, autograd, autocast, NCHW input, compilers, exporters) runs nn.Conv2d's forward.
     The packed copy is rebuilt whenever the weight changes (an optimizer step or load_state_dict bumps its
-    version counter), so it can never be stale. Made by `prepack_convolutions`, which swaps the class of existing
+    version counter), so it can never be stale. Made by `use_fast_cpu_layers`, which swaps the class of existing
     Conv2d modules: parameters, names, hooks and state-dict keys stay as they are.
     """
 
@@ -269,11 +269,71 @@ class PrepackedConv2d(nn.Conv2d):
         return state
 
 
-def prepack_convolutions(model: nn.Module) -> nn.Module:
-    """Make every plain nn.Conv2d in `model` a PrepackedConv2d, in place (see there); returns `model`."""
+class OneDNNLinear(nn.Linear):
+    """nn.Linear whose CPU float32 forward product runs in oneDNN (torch.ops.mkldnn._linear_pointwise) instead
+    of MKL's sgemm. For the skinny products of small batches oneDNN measured 1.4-1.8x faster on the 2-core AMD
+    EPYC test machines (AlexNet fc6 at batch 32: 31 vs 56 ms with 2 threads, 57 vs 85 ms with one; at batch 1 with
+    2 threads 9.4 vs 12.7 ms, where MKL's matrix-vector product uses one core). At batch 1 on one thread MKL is
+    slightly faster, so that case keeps nn.Linear's forward. The backward is nn.Linear's (the same products).
+    Anything but CPU float32 without autocast, and compilers and exporters, run nn.Linear's forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._onednn_ok(x):
+            try:
+                if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                    return _OneDNNLinearFunction.apply(x, self.weight, self.bias)
+                return _onednn_linear(x, self.weight, self.bias)
+            except (RuntimeError, AttributeError, TypeError) as e:  # an internal op changed in another torch version
+                self._onednn_failed = True
+                logging.getLogger(__name__).debug("oneDNN linear unavailable (%s); using nn.Linear", e)
+        return super().forward(x)
+
+    def _onednn_ok(self, x: torch.Tensor) -> bool:
+        return (
+            x.dim() == 2
+            and (x.shape[0] > 1 or torch.get_num_threads() > 1)
+            and not getattr(self, "_onednn_failed", False)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available()
+            and not _tracing()
+        )
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with the forward in oneDNN; the backward is autograd's for nn.Linear."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def use_fast_cpu_layers(model: nn.Module) -> nn.Module:
+    """Make every plain nn.Conv2d in `model` a PrepackedConv2d and every plain nn.Linear a OneDNNLinear, in place
+    (see there); returns `model`. Parameters, names, hooks and state-dict keys stay as they are."""
     for module in model.modules():
         if type(module) is nn.Conv2d:
             module.__class__ = PrepackedConv2d
+        elif type(module) is nn.Linear:
+            module.__class__ = OneDNNLinear
     return model
 
 
