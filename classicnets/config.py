@@ -79,7 +79,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64  # per process: under torchrun the global batch is batch_size x processes
     seed: int = 0  # seeds weights, the validation split, shuffling, augmentation and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16 | fp16 (GPU)
@@ -88,6 +88,7 @@ class TrainConfig:
     out: str | None = None  # run folder; None: runs/<model>, numbered if it exists
     deterministic: bool = True  # torch.use_deterministic_algorithms during the run (bit-exact resume on CPU)
     threads: int | None = None  # CPU threads for the run; None: torch's default (one per core)
+    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm, batch statistics over all GPUs (refused on CPU)
 
 
 @dataclass
@@ -131,6 +132,7 @@ FLAG_KEYS = {
     "precision": "train.precision",
     "compile": "train.compile",
     "threads": "train.threads",
+    "sync_bn": "train.sync_bn",
     "out": "train.out",
 }
 

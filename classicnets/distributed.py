@@ -3,23 +3,31 @@
 classicnets never starts processes itself: `torchrun --nproc-per-node N -m classicnets train ...` starts them and
 sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed` reads them. Without those
 variables everything here degrades to a single process (rank 0 of 1) at no cost.
+
+Training order: `TrainSampler` gives process r of w the samples r, r + w, r + 2w, ... of the permutation the
+single-process loader would use for that epoch, so with batch b per process, global batch k is exactly the
+single-process batch k of size b * w (same seed): the sample order depends on (seed, epoch), not on the world size.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
-from classicnets.errors import UsageError
+from classicnets.errors import ClassicNetsError, DataError, UsageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long a collective may wait for a slow peer before failing. Rank 0 alone writes checkpoints and plots while the
 # others wait at the next collective, so this must cover a large checkpoint write; a dead peer is detected much
@@ -43,6 +51,10 @@ class DistContext:
         return self.rank == 0
 
 
+class PeerLost(ClassicNetsError):
+    """Another process of the job failed or was killed: a collective operation could not complete (exit code 1)."""
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -62,7 +74,14 @@ def init_distributed(device: torch.device) -> DistContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get("CLASSICNETS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
-        dist.init_process_group(backend, timeout=timeout)
+        try:
+            dist.init_process_group(backend, timeout=timeout)
+        except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError (timeouts), bad variables
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise PeerLost(
+                f"process {rank} of {world_size} could not join the process group at {where} ({backend}): "
+                f"{first_line(e)}"
+            ) from None
     ctx = DistContext(rank, world_size, local_rank, backend)
     log.debug("process %d of %d (local rank %d, backend %s)", rank, world_size, local_rank, backend)
     return ctx
@@ -75,8 +94,9 @@ def context_device(ctx: DistContext, device: torch.device) -> torch.device:
     return device
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
+def shutdown(ctx: DistContext | None = None) -> None:
+    """Leave the process group (`ctx` None: whichever this process joined, e.g. inside `fit`)."""
+    if (ctx is None or ctx.enabled) and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -89,8 +109,9 @@ def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of `values` over all processes (float64 on the CPU for gloo, in place on a copy)."""
     if not ctx.enabled:
         return values
-    device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
-    reduced = values.detach().to(device=device, dtype=torch.float64 if values.is_floating_point() else torch.int64)
+    reduced = values.detach().to(
+        device=_collective_device(ctx), dtype=torch.float64 if values.is_floating_point() else torch.int64
+    )
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.to(values.device)
 
@@ -102,6 +123,19 @@ def any_process(ctx: DistContext, flag: bool) -> bool:
     return bool(all_reduce_sum(ctx, torch.tensor([1 if flag else 0])).item() > 0)
 
 
+def all_reduce_min(ctx: DistContext, value: int) -> int:
+    """The smallest `value` over all processes."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_collective_device(ctx))
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _collective_device(ctx: DistContext) -> torch.device:
+    return torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
+
+
 def broadcast_object(ctx: DistContext, obj: object) -> object:
     """Rank 0's `obj` on every process (e.g. a validation split chosen once)."""
     if not ctx.enabled:
@@ -109,6 +143,106 @@ def broadcast_object(ctx: DistContext, obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decided_by_main(ctx: DistContext, decide: Callable[[], T]) -> T:
+    """`decide()` run on process 0 only (e.g. choosing the run folder it alone creates), its answer on every
+    process; a ClassicNetsError it raises is raised on every process, so none is left waiting."""
+    if not ctx.enabled:
+        return decide()
+    outcome: tuple[object, ClassicNetsError | None] = (None, None)
+    if ctx.is_main:
+        try:
+            outcome = (decide(), None)
+        except ClassicNetsError as e:
+            outcome = (None, e)
+    value, error = broadcast_object(ctx, outcome)  # type: ignore[misc]
+    if error is not None:
+        raise error
+    return value  # type: ignore[return-value]
+
+
+def check_same_everywhere(ctx: DistContext, what: str, value: object) -> None:
+    """Raise DataError on every process when `value` (small, picklable) is not the same on all of them.
+
+    Each machine reads its own copy of the data: a copy with other files would silently train on another split
+    (validation images leaking into training), so the processes compare what they found before the first step.
+    """
+    if not ctx.enabled:
+        return
+    values: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    for rank, other in enumerate(values):
+        if other != values[0]:
+            raise DataError(
+                f"{what} differs between processes: process 0 has {values[0]}, process {rank} has {other}; "
+                "every machine needs the same data at --data"
+            )
+
+
+def data_fingerprint(classes: Sequence[str], train_size: int, val_size: int, split: dict) -> str:
+    """A short summary of a training set for `check_same_everywhere` (paths left out: they may differ per machine)."""
+    held_out = split.get("val_indices", [])
+    crc = zlib.crc32(repr((list(classes), list(held_out))).encode())
+    return f"{len(classes)} classes, {train_size} training and {val_size} validation images (checksum {crc:08x})"
+
+
+def rank_seed(seed: int, ctx: DistContext) -> int:
+    """The seed of this process's random augmentation and dropout: `seed` alone in a single process; under torchrun
+    mixed with the rank, so the processes do not draw the same crops, noise and dropout masks for their samples."""
+    if not ctx.enabled:
+        return seed
+    from classicnets.data.batch_transforms import mix_seed
+
+    return mix_seed(seed, ctx.rank, 0x5EED)
+
+
+class TrainSampler(DistributedSampler):
+    """DistributedSampler whose epoch order is the single-process loader's permutation (seed, epoch).
+
+    torch's DistributedSampler shuffles with `seed + epoch`; the single-process loader
+    (classicnets.data.loaders.EpochLoaderBase.epoch_indices) with `mix_seed(seed, epoch, 0)`. Using the same
+    permutation, process r taking every w-th sample from r, makes global batch k (b per process) the
+    single-process batch k of b * w samples. Padding (drop_last=False) and truncation (drop_last=True) follow
+    DistributedSampler, so every process gets the same number of samples and steps.
+    """
+
+    def __init__(self, size: int, *, rank: int, world_size: int, seed: int, drop_last: bool) -> None:
+        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        from classicnets.data.batch_transforms import mix_seed
+
+        n = len(self.dataset)
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))  # as epoch_indices
+        order = torch.randperm(n, generator=generator).tolist()
+        order = (order * math.ceil(self.total_size / n))[: self.total_size]  # pads or truncates
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
+def make_samplers(
+    ctx: DistContext, *, train_size: int, val_size: int, batch_size: int, seed: int
+) -> dict[str, Sampler[int]]:
+    """{"train": TrainSampler, "val": ShardSampler} for this process (Trainer's `samplers`).
+
+    The last incomplete global batch is dropped, as the single-process loader drops its last incomplete batch:
+    with n samples, w processes and b per process, every process runs n // (b * w) steps. A set smaller than one
+    global batch is padded instead (one step).
+    """
+    drop_last = train_size >= batch_size * ctx.world_size
+    train = TrainSampler(train_size, rank=ctx.rank, world_size=ctx.world_size, seed=seed, drop_last=drop_last)
+    return {"train": train, "val": ShardSampler(val_size, rank=ctx.rank, world_size=ctx.world_size)}
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective that failed because a peer is gone: torch raises DistError subclasses for NCCL and the stores,
+    and a plain RuntimeError from gloo ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer")."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class ShardSampler(Sampler[int]):
@@ -150,3 +284,11 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device, *
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def describe(ctx: DistContext, batch_size: int) -> str:
+    """'2 processes (gloo), batch 4 per process, global batch 8' for the log."""
+    return (
+        f"{ctx.world_size} processes ({ctx.backend}), batch {batch_size} per process, "
+        f"global batch {batch_size * ctx.world_size}"
+    )

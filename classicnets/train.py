@@ -4,7 +4,10 @@ The loop follows torchvision's references/classification/train.py (train_one_epo
 long CPU or single-GPU run needs: a checkpoint after every epoch and on Ctrl-C/SIGTERM, an exact --resume
 (the loader's order depends only on (seed, epoch) and every RNG state is saved), a stop on a non-finite loss that
 keeps the last finite weights, and the runtime's fast path (channels_last, bf16 autocast, optional torch.compile).
-Metrics are sums, and all writing goes through RunFolder on the main process, ready for torchrun.
+
+Under torchrun (`torchrun --nproc-per-node N -m classicnets train ...`) every process runs this same loop on its
+shard; metrics are sums all-reduced over the processes, every stop (signal, NaN, a callback) is agreed on by all
+of them at the same step, and all writing goes through RunFolder on process 0.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from classicnets.config import Config, resolve_config
+from classicnets.distributed import PeerLost, first_line, is_collective_failure
 from classicnets.errors import ClassicNetsError
 from classicnets.metrics import MetricSums
 from classicnets.run_folder import RunFolder
@@ -100,14 +104,24 @@ def run(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | None, stop
     cfg, state = trainer.config, trainer.state
     with deterministic_algorithms(cfg.train.deterministic), cpu_threads(cfg.train.threads), stop_on_signals(stop):
         trainer.begin()
-        while state.epoch < cfg.train.epochs:
-            if stop.requested:
-                raise _interrupted(trainer, stop)
-            row = _one_epoch(trainer, progress=progress, stop=stop)
-            if on_epoch_end is not None:
-                on_epoch_end(dict(row))
-        if stop.requested and state.epoch < cfg.train.epochs:
-            raise _interrupted(trainer, stop)
+        try:
+            while state.epoch < cfg.train.epochs:
+                if trainer.agree(stop.requested):
+                    raise _interrupted(trainer, stop)
+                row = _one_epoch(trainer, progress=progress, stop=stop)
+                if on_epoch_end is not None:
+                    on_epoch_end(dict(row))
+        except RuntimeError as e:
+            ctx = trainer.ctx
+            if not (ctx.enabled and is_collective_failure(e)):
+                raise
+            if stop.requested:  # torchrun's SIGTERM after another process died: the last finished step is good
+                raise _interrupted(trainer, stop, agreed=False) from None
+            # Another process died (torchrun stops this one too within seconds): one line, not a traceback.
+            raise PeerLost(
+                f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({first_line(e)}); "
+                "one of them failed or was stopped: its own message says why"
+            ) from None
     best = state.best
     log.info(
         "done: best validation top-1 %.2f%% at epoch %d; run folder %s",
@@ -150,9 +164,10 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
             raise
         except Exception:
             # Ctrl-C in a terminal reaches the DataLoader workers too, and a batch being fetched then fails:
-            # the state after the last finished step is still good, so save it as for any stop.
+            # the state after the last finished step is still good, so save it as for any stop. (Under torchrun
+            # the other processes may be gone: no collective operation from here on.)
             if stop.requested:
-                raise _interrupted(trainer, stop) from None
+                raise _interrupted(trainer, stop, agreed=False) from None
             raise
         finally:
             bar.close()
@@ -192,9 +207,15 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
     return row
 
 
-def _interrupted(trainer: Trainer, stop: StopRequest) -> TrainingInterrupted:
+def _interrupted(trainer: Trainer, stop: StopRequest, *, agreed: bool = True) -> TrainingInterrupted:
+    """Save last.pt (unless it holds this state already) and build the error that says how to continue.
+
+    `agreed`: every process reached this point together, so the unfinished epoch's sums can be added up first.
+    """
     state = trainer.state
     if not trainer.saved_current:
+        if agreed:
+            _sum_partial(trainer)
         trainer.save_last()
     where = (
         f"after epoch {state.epoch}"
@@ -203,6 +224,11 @@ def _interrupted(trainer: Trainer, stop: StopRequest) -> TrainingInterrupted:
     )
     name = stop.signal_name or "a stop request"
     resume = f"classicnets train --resume {trainer.run.path}"
+    ctx = trainer.ctx
+    if ctx.enabled:
+        resume += f" under torchrun with {ctx.world_size} processes" + (
+            "" if state.step_in_epoch else " (or another number)"
+        )
     return TrainingInterrupted(
         f"stopped by {name} {where}; saved {trainer.run.last}; continue with: {resume}", stop.exit_code
     )
@@ -211,6 +237,7 @@ def _interrupted(trainer: Trainer, stop: StopRequest) -> TrainingInterrupted:
 def _diverged(trainer: Trainer, loss: float) -> TrainingDiverged:
     state = trainer.state
     step = state.step_in_epoch + 1  # 1-based number of the step whose loss was not finite
+    _sum_partial(trainer)  # every process stops at this step (Trainer.train_steps agrees on it)
     kept = trainer.save_last_if_finite()
     where = f"epoch {state.epoch + 1}, step {step}"
     saved = (
@@ -219,6 +246,13 @@ def _diverged(trainer: Trainer, loss: float) -> TrainingDiverged:
         else f"the weights were no longer finite; {trainer.run.last} keeps the last epoch's"
     )
     return TrainingDiverged(f"the loss became {loss} at {where}; stopped. {saved}. Try a lower --lr.")
+
+
+def _sum_partial(trainer: Trainer) -> None:
+    """The unfinished epoch's metric sums of all processes, for last.pt (only process 0 keeps them on resume)."""
+    state = trainer.state
+    if trainer.ctx.enabled:
+        state.partial = trainer.reduce(MetricSums(torch.tensor(state.partial, dtype=torch.float64))).to_list()
 
 
 __all__ = ["FitResult", "Progress", "RunFolder", "TrainingDiverged", "TrainingInterrupted", "fit"]

@@ -2,6 +2,9 @@
 
 Everything that can fail because of the user's input (device, weights, data, run folder) is checked here, before
 the run folder is created, so a bad flag or folder leaves nothing behind.
+
+Under torchrun both join the process group here (classicnets.distributed): each process takes its own device,
+process 0 picks the run folder for all, and the processes check that they read the same data.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ import torch
 
 from classicnets.checkpoint import load_checkpoint, model_from_checkpoint
 from classicnets.config import Config, resolve_config
-from classicnets.distributed import DistContext
+from classicnets.distributed import (
+    DistContext,
+    check_same_everywhere,
+    check_sync_bn,
+    context_device,
+    data_fingerprint,
+    decided_by_main,
+    init_distributed,
+)
 from classicnets.errors import DataError, UsageError, WeightsError
 from classicnets.run_folder import RunFolder, choose_run_folder
 from classicnets.runtime import resolve_device, resolve_precision
@@ -31,7 +42,8 @@ from classicnets.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-# Data-loading processes when the config leaves it open: enough to keep 2-4 cores busy decoding JPEGs.
+# Data-loading processes when the config leaves it open: enough to keep 2-4 cores busy decoding JPEGs
+# (per training process, and never more than the cores each of this machine's training processes has).
 DEFAULT_MAX_WORKERS = 4
 # Keys a resumed run may change: they do not alter the training trajectory (device and precision may, and say so).
 RESUME_MAY_CHANGE = {
@@ -41,24 +53,44 @@ RESUME_MAY_CHANGE = {
     "train.precision",
     "train.compile",
     "train.threads",
+    "train.sync_bn",
 }
 
 
 def _runtime(config: Config) -> tuple[torch.device, str]:
     device = resolve_device(config.train.device)
+    check_sync_bn(config.train.sync_bn, device)
     return device, resolve_precision(config.train.precision, device)
+
+
+def _join(ctx: DistContext | None, device: torch.device) -> tuple[DistContext, torch.device]:
+    """The process group torchrun set up (a 1-process context without torchrun) and this process's device."""
+    if ctx is None:
+        ctx = init_distributed(device)
+    return ctx, context_device(ctx, device)
+
+
+def _default_workers() -> int:
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+    return min(DEFAULT_MAX_WORKERS, max(1, (os.cpu_count() or 1) // local_processes))
+
+
+def _check_data(ctx: DistContext, data) -> None:
+    fingerprint = data_fingerprint(data.classes, len(data.train), len(data.val), data.split)
+    check_same_everywhere(ctx, "the training data", fingerprint)
 
 
 def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: dict | None = None) -> Trainer:
     """Check everything (device, data, weights) before creating the run folder, then build a new run."""
-    ctx = ctx or DistContext()
     cfg = resolve_config(config)  # a copy: the caller's config is not changed
     m = cfg.model
     device, precision = _runtime(cfg)
+    ctx, local_device = _join(ctx, device)
     seed_everything(cfg.train.seed)  # before any weights are drawn
     start = load_starting_weights(cfg) if m.weights else None
     in_chans = start.preprocessing.input_size[0] if start is not None else default_in_chans(cfg)
     data = open_training_data(cfg.data.path, in_chans=in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    _check_data(ctx, data)
     num_classes = len(data.classes)
     if m.num_classes is not None and m.num_classes != num_classes:
         raise UsageError(f"--num-classes {m.num_classes} but {cfg.data.path} has {num_classes} classes")
@@ -67,16 +99,14 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
     m.weights = str(Path(m.weights).resolve()) if m.weights else None
     cfg.data.path = str(Path(cfg.data.path).resolve())
-    cfg.data.workers = (
-        cfg.data.workers if cfg.data.workers is not None else min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1)
-    )
-    cfg.train.device, cfg.train.precision = str(device), precision
-    folder = choose_run_folder(cfg.train.out, m.name)
+    cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers()
+    cfg.train.device, cfg.train.precision = str(device), precision  # "cuda", not this process's "cuda:N"
+    folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, m.name))  # rank 0 alone creates it
     cfg.train.out = str(folder)
     run_folder = RunFolder(folder, is_main=ctx.is_main)
     return Trainer(
         cfg,
-        device=device,
+        device=local_device,
         precision=precision,
         data=data,
         model=model,
@@ -95,8 +125,12 @@ def open_resume(
     ctx: DistContext | None = None,
     samplers: dict | None = None,
 ) -> Trainer:
-    """Rebuild a run from its last.pt: same config (only RESUME_MAY_CHANGE keys may differ), data, weights, state."""
-    ctx = ctx or DistContext()
+    """Rebuild a run from its last.pt: same config (only RESUME_MAY_CHANGE keys may differ), data, weights, state.
+
+    Under torchrun every process reads last.pt (on several machines: from a shared or copied run folder). The
+    number of processes may change at an epoch boundary (the global batch changes with it); a run stopped in the
+    middle of an epoch must continue with as many processes as it had.
+    """
     if resume is True:
         if not overrides.get("out"):
             raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
@@ -143,9 +177,14 @@ def open_resume(
     state = Progress.from_checkpoint(ckpt)
     if state.epoch >= cfg.train.epochs:
         raise UsageError(f"{path}: the run already finished its {state.epoch} epochs; ask for more with --epochs N")
+    ctx, local_device = _join(ctx, device)
+    _check_world_size(ctx, int(ckpt.get("world_size", 1)), state, path, cfg.train.batch_size)
+    if not ctx.is_main:
+        state.partial = [0.0] * 4  # the saved sums of the unfinished epoch are the whole job's: counted once
     data = open_training_data(
         cfg.data.path, in_chans=cfg.model.in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
     )
+    _check_data(ctx, data)
     if data.classes != list(ckpt["classes"]):
         raise DataError(f"{cfg.data.path}: its classes changed since the run started; cannot resume")
     model = model_from_checkpoint(ckpt)
@@ -153,7 +192,7 @@ def open_resume(
     apply_surgery(model, cfg, reinit=False)  # the same frozen layers as before the stop
     return Trainer(
         cfg,
-        device=device,
+        device=local_device,
         precision=precision,
         data=data,
         model=model,
@@ -162,4 +201,26 @@ def open_resume(
         ctx=ctx,
         resume_from=ckpt,
         samplers=samplers,
+    )
+
+
+def _check_world_size(ctx: DistContext, saved: int, state: Progress, path: Path, batch_size: int) -> None:
+    """Refuse a mid-epoch resume with another number of processes; at an epoch boundary say what changes."""
+    if saved == ctx.world_size:
+        return
+    had = f"{saved} process{'es' if saved != 1 else ''}"
+    if state.step_in_epoch:
+        # The steps already taken used global batches of batch_size x `saved` samples; with another world size the
+        # rest of the epoch could not be cut from the same sample order without repeating or skipping samples.
+        raise UsageError(
+            f"{path}: the run stopped in the middle of epoch {state.epoch + 1} (step {state.step_in_epoch}) with "
+            f"{had}; resume it with {saved} (torchrun --nproc-per-node ...): the number of processes may only "
+            "change at an epoch boundary"
+        )
+    log.info(
+        "resuming with %d process(es) instead of %s: global batch %d instead of %d (the learning rate is unchanged)",
+        ctx.world_size,
+        had,
+        batch_size * ctx.world_size,
+        batch_size * saved,
     )

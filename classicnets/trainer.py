@@ -1,5 +1,9 @@
 """The Trainer: one object holding a run's model, data, optimiser, schedule and progress, with the single steps
 that train.py's loop strings together. train_start.py builds one (new run or --resume).
+
+Under torchrun (ctx.enabled) the model trains wrapped in DistributedDataParallel (gradients averaged over the
+processes), each process reads its shard (distributed.make_samplers), validation runs on the unwrapped model over
+exact shards and its sums are all-reduced, and only process 0 writes (RunFolder).
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from torch import nn
 
 from classicnets.checkpoint import build_checkpoint
 from classicnets.config import Config
-from classicnets.distributed import DistContext, all_reduce_sum, any_process
+from classicnets.data.batch_transforms import mix_seed
+from classicnets.distributed import (
+    DistContext,
+    all_reduce_sum,
+    any_process,
+    describe,
+    make_samplers,
+    rank_seed,
+    wrap_model,
+)
 from classicnets.metrics import ConfusionMatrix, MetricSums
 from classicnets.optim import LRSchedule, build_optimizer
 from classicnets.run_folder import RunFolder
@@ -54,33 +67,46 @@ class Trainer:
         self.run, self.state = run_folder, state
         self.raw_model = model
         cfg = config
-        self.model = prepare_model(model, device, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
+        # local_model: on this process's device (maybe compiled), for validation and the input layout;
+        # model: what trains, the same module in DistributedDataParallel under torchrun.
+        self.local_model = prepare_model(
+            model, device, channels_last=cfg.train.channels_last, compile=cfg.train.compile
+        )
+        self.model = wrap_model(self.local_model, ctx, device, sync_bn=cfg.train.sync_bn)
         channels_last = bool(getattr(model, "channels_last", False))
         pre = model.preprocessing
-        common = {
-            "preprocessing": pre,
-            "batch_size": cfg.train.batch_size,
-            "workers": cfg.data.workers,
-            "seed": cfg.train.seed,
-            "device": device,
-        }
-        # `samplers` ({"train": ..., "val": ...}) is the hook for torchrun: a DistributedSampler and an exact
-        # evaluation shard (classicnets.distributed.ShardSampler); None keeps the loaders' own order.
+        # Random augmentation and dropout draw from a per-process seed under torchrun (distributed.rank_seed);
+        # the sample order from the run's seed (TrainSampler), the same on every process.
+        self.random_seed = rank_seed(cfg.train.seed, ctx)
+        common = {"preprocessing": pre, "batch_size": cfg.train.batch_size, "workers": cfg.data.workers,
+                  "device": device}  # fmt: skip
+        # `samplers` ({"train": ..., "val": ...}): under torchrun a TrainSampler (a DistributedSampler) and an exact
+        # evaluation shard (ShardSampler); None in a single process keeps the loaders' own order.
+        if samplers is None and ctx.enabled:
+            samplers = make_samplers(ctx, train_size=len(data.train), val_size=len(data.val),
+                                     batch_size=cfg.train.batch_size, seed=cfg.train.seed)  # fmt: skip
         samplers = samplers or {}
+        train_samples = len(samplers["train"]) if samplers.get("train") is not None else len(data.train)
         self.train_loader = make_loader(
             data.train,
             train=True,
             recipe=cfg.data.augment,
-            drop_last=len(data.train) >= cfg.train.batch_size,
+            drop_last=train_samples >= cfg.train.batch_size,
             max_bad_fraction=cfg.data.max_bad_fraction,
             sampler=samplers.get("train"),
+            seed=self.random_seed,
             **common,
         )
         self.val_loader = make_loader(
-            data.val, train=False, max_bad_fraction=cfg.data.max_bad_fraction, sampler=samplers.get("val"), **common
+            data.val,
+            train=False,
+            max_bad_fraction=cfg.data.max_bad_fraction,
+            sampler=samplers.get("val"),
+            seed=cfg.train.seed,
+            **common,
         )
         self.train_transform = BatchTransform(
-            pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=cfg.train.seed
+            pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=self.random_seed
         )
         self.eval_transform = BatchTransform(pre, train=False, channels_last=channels_last)
         self.optimizer = build_optimizer(param_groups(model, cfg), cfg.optim)
@@ -97,6 +123,8 @@ class Trainer:
     def begin(self) -> None:
         """Write the run folder's first files (new run) or restore the optimiser, schedule and RNGs (resume)."""
         cfg = self.config
+        if self.ctx.enabled:
+            log.info("torchrun: %s", describe(self.ctx, cfg.train.batch_size))
         if self.resume_from is None:
             self.run.write_start(cfg.to_yaml(), self.data.classes, self.data.split)
             log.info(
@@ -139,7 +167,11 @@ class Trainer:
             x = self.train_transform(images)  # also for skipped batches: it draws the PCA noise of this batch
             if i < start:
                 continue
-            x = to_input_layout(x, self.model)
+            x = to_input_layout(x, self.local_model)
+            if self.ctx.enabled:
+                # This process's dropout masks: drawn from (its seed, step), so they differ between processes
+                # and a resumed run draws the same ones as an uninterrupted run.
+                torch.manual_seed(mix_seed(self.random_seed, self.state.global_step))
             self.schedule.apply(self.optimizer, epoch, i)
             with autocast(self.device, self.precision):
                 logits, loss = self.forward_loss(x, labels)
@@ -178,16 +210,19 @@ class Trainer:
         """Loss, top-1/top-5 and the confusion matrix on the validation set; None when a stop came first."""
         from classicnets.evaluation import evaluate_loader
 
+        # The unwrapped model: DistributedDataParallel would synchronise BatchNorm buffers at every forward, and
+        # the shards may hold one batch more on some processes than on others. For the same reason a stop is
+        # checked locally during validation and agreed on once afterwards.
         result = evaluate_loader(
-            self.model,
+            self.local_model,
             self.val_loader,
             self.eval_transform,
             device=self.device,
             precision=self.precision,
             num_classes=len(self.data.classes),
-            should_stop=lambda: self.agree(stop.requested),
+            should_stop=lambda: stop.requested,
         )
-        if result is None:
+        if self.agree(result is None):
             return None
         center = result["center"]
         counts = all_reduce_sum(self.ctx, center.confusion.counts)
@@ -228,6 +263,7 @@ class Trainer:
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             rng=capture_rng(),
             new_layers=list(getattr(self.raw_model, "new_layers", [])),
+            world_size=self.ctx.world_size,  # a mid-epoch resume needs as many processes (train_start)
             **self.state.to_checkpoint(),
         )
         self.run.save("last", ckpt)

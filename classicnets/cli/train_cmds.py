@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +25,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="train or fine-tune a model on a folder of images; writes a run folder",
         description="Train a model. Settings come from the defaults, then --config, then these flags. "
         "Writes RUN/config.yaml, classes.json, split.json, metrics.csv, last.pt, best.pt, loss.png, accuracy.png, "
-        "confusion_matrix.png. Ctrl-C or SIGTERM saves last.pt and exits 130/143; continue with --resume RUN.",
+        "confusion_matrix.png. Ctrl-C or SIGTERM saves last.pt and exits 130/143; continue with --resume RUN. "
+        "Several processes or machines: torchrun --nproc-per-node N -m classicnets train ... (see the README).",
     )
     s = argparse.SUPPRESS  # flags not given stay out of args, so the recipe's values stand
     p.add_argument("--model", default=s, help="model name (see `classicnets models`)")
@@ -34,7 +37,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--config", metavar="YAML", help="recipe: a YAML file or a shipped recipe name, e.g. alexnet2012_paper"
     )
     p.add_argument("--epochs", type=int, default=s)
-    p.add_argument("--batch-size", type=int, default=s)
+    p.add_argument("--batch-size", type=int, default=s, help="per process (under torchrun: x processes = global)")
     p.add_argument("--lr", type=float, default=s, help="base learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=s)
     p.add_argument("--schedule", choices=SCHEDULES, default=s, help="learning-rate schedule")
@@ -46,6 +49,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--val-fraction", type=float, default=s, help="held out for validation when DIR has no val/")
     p.add_argument("--compile", action="store_true", default=s, help="torch.compile the model")
     p.add_argument("--threads", type=int, default=s, help="CPU threads (default: one per core)")
+    p.add_argument(
+        "--sync-bn", action="store_true", default=s, help="torchrun on CUDA: BatchNorm statistics over all GPUs"
+    )
     p.add_argument("--resume", nargs="?", const=True, metavar="PATH", help="continue a run (its folder or last.pt)")
     p.add_argument("--weights", default=s, metavar="W", help="start from these weights (fine-tuning)")
     p.add_argument("--num-classes", type=int, default=s, help="classes of the new head (must match the data)")
@@ -116,13 +122,26 @@ def run_train(args: argparse.Namespace) -> int:
             base = load_checkpoint(path / "last.pt" if path.is_dir() else path).get("config")
         print(resolve_config(base, overrides=overrides, settings=args.set).to_yaml(), end="")
         return 0
+    rank = _torchrun_rank()
+    if rank:
+        _quiet_other_process(rank)
+    from classicnets.distributed import shutdown
+    from classicnets.errors import ClassicNetsError
     from classicnets.train import TrainingInterrupted, fit
 
     try:
         result = fit(config=args.config, resume=args.resume, settings=args.set, progress=not args.quiet, **overrides)
-    except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+    except TrainingInterrupted as e:  # the process ends now: no shutdown (after a lost peer it could block on NCCL)
+        if not rank:  # process 0 saved last.pt and says so; the others stopped at the same step
+            print(str(e), file=sys.stderr)
         return e.exit_code
+    except ClassicNetsError as e:
+        if rank:
+            e.args = (f"[rank {rank}] {e}",)
+        raise
+    shutdown()
+    if rank:
+        return 0
     best = result.best
     print(
         f"best validation top-1 {100 * best['val_top1']:.2f}% (epoch {best['epoch']}, loss {best['val_loss']:.4f})\n"
@@ -130,6 +149,20 @@ def run_train(args: argparse.Namespace) -> int:
         "loss.png accuracy.png confusion_matrix.png"
     )
     return 0
+
+
+def _torchrun_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 otherwise; read before torch starts."""
+    return int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0
+
+
+def _quiet_other_process(rank: int) -> None:
+    """Under torchrun, processes other than 0 log warnings and errors only, marked with their rank: process 0
+    reports progress for the whole job (its metrics are the all-reduced ones)."""
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(f"%(levelname)s: [rank {rank}] %(message)s"))
 
 
 def _pct(value: float | None) -> str:
