@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,18 @@ def environment() -> dict[str, str]:
 def torchrun(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(torchrun_command(*args), cwd=cwd, env=environment(), capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
+
+
+@contextlib.contextmanager
+def started(command: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """torchrun started in the background; killed on the way out if a test left it running."""
+    with subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
@@ -236,16 +250,11 @@ def test_killing_one_process_ends_the_job_non_zero(one_rank, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(one_rank, run)
     command = torchrun_command("--resume", str(run), "--epochs", "1000")
-    with subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
-        try:
-            wait_for_rows(run, 2, proc)  # epoch 2 trained by 2 processes, from the 1-process epoch 1
-            victim = worker_pids(proc.pid)[1]
-            os.kill(victim, signal.SIGKILL)
-            _, stderr = proc.communicate(timeout=DEAD_RANK_LIMIT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with started(command, tmp_path) as proc:
+        wait_for_rows(run, 2, proc)  # epoch 2 trained by 2 processes, from the 1-process epoch 1
+        victim = worker_pids(proc.pid)[1]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=DEAD_RANK_LIMIT_S)
     assert proc.returncode != 0
     assert f"exitcode  : -9 (pid: {victim})" in stderr  # torchrun's summary names the dead process
     assert our_tracebacks(stderr) == []
@@ -255,15 +264,10 @@ def test_killing_one_process_ends_the_job_non_zero(one_rank, tmp_path):
 
 def test_sigterm_to_torchrun_saves_once_and_every_process_exits(data, tmp_path):
     command = torchrun_command("--data", str(data), "--epochs", "1000", "--batch-size", "4", "--out", "run")
-    with subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
-        try:
-            wait_for_rows(tmp_path / "run", 1, proc)
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=SIGTERM_LIMIT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with started(command, tmp_path) as proc:
+        wait_for_rows(tmp_path / "run", 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=SIGTERM_LIMIT_S)
     assert "Sending process" in stderr and "closing signal SIGTERM" in stderr  # torchrun passed it on
     assert "forcefully exiting via SIGKILL" not in stderr  # every process exited by itself, none was killed
     assert stderr.count("stopped by SIGTERM") == 1  # process 0 saved and says so
@@ -297,21 +301,16 @@ def test_a_dead_process_leaves_no_dataloader_worker_behind(tmp_path):
     photos = digit_folders(tmp_path / "photos", per_class=40)
     command = torchrun_command("--data", str(photos), "--epochs", "1000", "--batch-size", "4", "--workers", "1",
                                "--out", "run")  # fmt: skip
-    with subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
-        try:
-            wait_for_rows(tmp_path / "run", 1, proc)
-            end = time.monotonic() + 30
+    with started(command, tmp_path) as proc:
+        wait_for_rows(tmp_path / "run", 1, proc)
+        end = time.monotonic() + 30
+        everyone = descendants(proc.pid)
+        while len(everyone) < 4 and time.monotonic() < end:  # loader workers live while an epoch is read
+            time.sleep(0.05)
             everyone = descendants(proc.pid)
-            while len(everyone) < 4 and time.monotonic() < end:  # loader workers live while an epoch is read
-                time.sleep(0.05)
-                everyone = descendants(proc.pid)
-            victim = worker_pids(proc.pid)[1]
-            os.kill(victim, signal.SIGKILL)
-            _, stderr = proc.communicate(timeout=DEAD_RANK_LIMIT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        victim = worker_pids(proc.pid)[1]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=DEAD_RANK_LIMIT_S)
     assert proc.returncode != 0 and len(everyone) >= 4  # 2 training processes and their loader workers
     end = time.monotonic() + 10  # a loader worker notices a dead parent within 5 s (torch's MP_STATUS_CHECK_INTERVAL)
     while any(alive(p) for p in everyone) and time.monotonic() < end:
@@ -324,15 +323,10 @@ def test_a_dead_process_leaves_no_dataloader_worker_behind(tmp_path):
 def test_a_run_stopped_by_sigterm_resumes_on_2_processes_bit_identically(data, tmp_path):
     plain = ["--data", str(data), "--batch-size", "2", "--schedule", "constant"]  # 10 steps per epoch
     command = torchrun_command(*plain, "--epochs", "1000", "--out", "stopped")
-    with subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
-        try:
-            wait_for_rows(tmp_path / "stopped", 1, proc)
-            proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=SIGTERM_LIMIT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with started(command, tmp_path) as proc:
+        wait_for_rows(tmp_path / "stopped", 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=SIGTERM_LIMIT_S)
     stopped = load_checkpoint(tmp_path / "stopped" / "last.pt")
     epochs = stopped["epoch"] + 2
     resumed = torchrun(tmp_path, "--resume", "stopped", "--epochs", str(epochs))
