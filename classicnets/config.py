@@ -48,6 +48,7 @@ class DataConfig:
     pca_std: float = 0.0  # std of the paper's PCA colour noise (0.1 in the paper; 0 = off)
     workers: int | None = None  # data-loading processes; None: min(4, CPU count)
     max_bad_fraction: float = 0.01  # more unreadable images than this fraction stops the run
+    allow_empty: bool = False  # an empty class folder is kept as a class with no images instead of an error
 
 
 @dataclass
@@ -121,6 +122,7 @@ FLAG_KEYS = {
     "head_lr_mult": "model.head_lr_mult",
     "data": "data.path",
     "val_fraction": "data.val_fraction",
+    "allow_empty": "data.allow_empty",
     "workers": "data.workers",
     "optimizer": "optim.name",
     "lr": "optim.lr",

@@ -175,7 +175,9 @@ class EvalReport:
         return out
 
 
-def open_eval_data(data: str | os.PathLike, *, in_chans: int, split: str | None = None) -> Any:
+def open_eval_data(
+    data: str | os.PathLike, *, in_chans: int, split: str | None = None, allow_empty: bool = False
+) -> Any:
     """A prepared folder's test split (else val, or `split`), or any source classicnets.data.open_dataset reads."""
     from classicnets.data import find_split_dirs, open_dataset
 
@@ -185,8 +187,8 @@ def open_eval_data(data: str | os.PathLike, *, in_chans: int, split: str | None 
         if name not in splits:
             raise DataError(f"{data}: has no {name}/ split (it has {', '.join(splits)})")
         log.info("evaluating on %s", splits[name])
-        return open_dataset(splits[name], in_chans=in_chans)
-    return open_dataset(data, in_chans=in_chans)
+        return open_dataset(splits[name], in_chans=in_chans, allow_empty=allow_empty)
+    return open_dataset(data, in_chans=in_chans, allow_empty=allow_empty)
 
 
 def class_mapping(model_classes: list[str], data_classes: list[str], source: str) -> torch.Tensor | None:
@@ -216,6 +218,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     misclassified: int = 24,
     progress: bool = False,
+    allow_empty: bool = False,
 ) -> EvalReport:
     """Evaluate `weights` (a file or a model with .classes and .preprocessing) on the labelled images in `data`.
 
@@ -226,7 +229,7 @@ def evaluate(
     prec = resolve_precision(precision, dev)
     model = load_model(weights)
     pre = model.preprocessing
-    dataset = open_eval_data(data, in_chans=pre.input_size[0], split=split)
+    dataset = open_eval_data(data, in_chans=pre.input_size[0], split=split, allow_empty=allow_empty)
     target_map = class_mapping(model.classes, dataset.classes, str(data))
     from classicnets.data import BatchTransform, make_loader
 

@@ -28,8 +28,11 @@ class TrainingData:
     split: dict[str, Any]  # written to split.json
 
 
-def open_training_data(path: str | None, *, in_chans: int, val_fraction: float, seed: int) -> TrainingData:
-    """A prepared folder (train/ plus val/ or test/) as it is; anything else split per class with `seed`."""
+def open_training_data(
+    path: str | None, *, in_chans: int, val_fraction: float, seed: int, allow_empty: bool = False
+) -> TrainingData:
+    """A prepared folder (train/ plus val/ or test/) as it is; anything else split per class with `seed`.
+    `allow_empty`: an empty class folder is a class without images instead of an error."""
     from classicnets.data import find_split_dirs, open_dataset, stratified_split
 
     if not path:
@@ -37,8 +40,8 @@ def open_training_data(path: str | None, *, in_chans: int, val_fraction: float, 
     splits = find_split_dirs(Path(path))
     if splits:
         held_out = "val" if "val" in splits else "test"
-        train = open_dataset(splits["train"], in_chans=in_chans)
-        val = open_dataset(splits[held_out], in_chans=in_chans)
+        train = open_dataset(splits["train"], in_chans=in_chans, allow_empty=allow_empty)
+        val = open_dataset(splits[held_out], in_chans=in_chans, allow_empty=allow_empty)
         if list(val.classes) != list(train.classes):
             raise DataError(
                 f"{splits[held_out]}: its classes ({', '.join(val.classes)}) differ from {splits['train']}'s "
@@ -46,7 +49,7 @@ def open_training_data(path: str | None, *, in_chans: int, val_fraction: float, 
             )
         split = {"method": "folders", "train": str(splits["train"]), "val": str(splits[held_out])}
     else:
-        full = open_dataset(path, in_chans=in_chans)
+        full = open_dataset(path, in_chans=in_chans, allow_empty=allow_empty)
         _check_classes(path, full.classes)
         train_idx, val_idx = stratified_split(full.targets, [1 - val_fraction, val_fraction], seed=seed)
         if not val_idx or not train_idx:

@@ -89,7 +89,13 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     seed_everything(cfg.train.seed)  # before any weights are drawn
     start = load_starting_weights(cfg) if m.weights else None
     in_chans = start.preprocessing.input_size[0] if start is not None else default_in_chans(cfg)
-    data = open_training_data(cfg.data.path, in_chans=in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    data = open_training_data(
+        cfg.data.path,
+        in_chans=in_chans,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.train.seed,
+        allow_empty=cfg.data.allow_empty,
+    )
     _check_data(ctx, data)
     num_classes = len(data.classes)
     if m.num_classes is not None and m.num_classes != num_classes:
@@ -182,7 +188,11 @@ def open_resume(
     if not ctx.is_main:
         state.partial = [0.0] * 4  # the saved sums of the unfinished epoch are the whole job's: counted once
     data = open_training_data(
-        cfg.data.path, in_chans=cfg.model.in_chans, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed
+        cfg.data.path,
+        in_chans=cfg.model.in_chans,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.train.seed,
+        allow_empty=cfg.data.allow_empty,
     )
     _check_data(ctx, data)
     if data.classes != list(ckpt["classes"]):

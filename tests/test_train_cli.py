@@ -3,6 +3,7 @@ checkpoint, the progress bar, and Ctrl-C / SIGTERM on a real process."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -72,6 +73,23 @@ def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(capsys, tmp
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
         assert not out_dir.exists(), argv  # checked before the run folder is made
+
+
+def test_allow_empty_keeps_an_empty_class_folder_as_a_class_in_train_and_eval(capsys, tmp_path):
+    hole = digit_folders(tmp_path / "hole", per_class=6, classes=("3", "7"))
+    (hole / "cats").mkdir()
+    code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--data", hole, "--out", tmp_path / "refused", *FAST)
+    assert code == 1 and f"empty class folder {hole / 'cats'}: add images, remove it, or pass --allow-empty" in err
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--data", hole, "--out", out, "--allow-empty", *FAST)
+    assert code == 0, err
+    last = load_checkpoint(out / "last.pt")
+    assert last["classes"] == ["3", "7", "cats"] and last["config"]["data"]["allow_empty"] is True
+    assert run_cli(capsys, "eval", "--weights", out / "best.pt", "--data", hole, "--quiet")[0] == 1  # refused
+    code, stdout, err = run_cli(capsys, "eval", "--weights", out / "best.pt", "--data", hole, "--allow-empty",
+                                "--json", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["images"] == 12
 
 
 def test_finetune_replaces_the_head_with_a_message_and_trains(capsys, caplog, tmp_path, lenet_checkpoint, folders):

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=s)
     p.add_argument("--workers", type=int, default=s, help="data-loading processes")
     p.add_argument("--val-fraction", type=float, default=s, help="held out for validation when DIR has no val/")
+    p.add_argument(
+        "--allow-empty", action="store_true", default=s, help="keep an empty class folder as a class without images"
+    )
     p.add_argument("--compile", action="store_true", default=s, help="torch.compile the model")
     p.add_argument("--threads", type=int, default=s, help="CPU threads (default: one per core)")
     p.add_argument(
@@ -73,6 +76,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--split", choices=("train", "val", "test"), help="which split of a prepared folder")
     p.add_argument("--ten-crop", action="store_true", help="also the paper's 10-crop (softmax averaged), side by side")
+    p.add_argument("--allow-empty", action="store_true", help="keep an empty class folder instead of stopping")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out", metavar="DIR", help="pictures and eval.json (default: eval/ beside the weights)")
     _runtime_flags(p)
@@ -184,6 +188,7 @@ def run_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         out=out,
         progress=not args.quiet,
+        allow_empty=args.allow_empty,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
