@@ -75,9 +75,15 @@ def _default_workers() -> int:
     return min(DEFAULT_MAX_WORKERS, max(1, (os.cpu_count() or 1) // local_processes))
 
 
-def _check_data(ctx: DistContext, data) -> None:
+def _open_data(ctx: DistContext, cfg: Config, in_chans: int):
+    """The run's training and validation data; under torchrun, checked to be the same on every process."""
+    d = cfg.data
+    data = open_training_data(
+        d.path, in_chans=in_chans, val_fraction=d.val_fraction, seed=cfg.train.seed, allow_empty=d.allow_empty
+    )
     fingerprint = data_fingerprint(data.classes, len(data.train), len(data.val), data.split)
     check_same_everywhere(ctx, "the training data", fingerprint)
+    return data
 
 
 def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: dict | None = None) -> Trainer:
@@ -89,14 +95,7 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     seed_everything(cfg.train.seed)  # before any weights are drawn
     start = load_starting_weights(cfg) if m.weights else None
     in_chans = start.preprocessing.input_size[0] if start is not None else default_in_chans(cfg)
-    data = open_training_data(
-        cfg.data.path,
-        in_chans=in_chans,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.train.seed,
-        allow_empty=cfg.data.allow_empty,
-    )
-    _check_data(ctx, data)
+    data = _open_data(ctx, cfg, in_chans)
     num_classes = len(data.classes)
     if m.num_classes is not None and m.num_classes != num_classes:
         raise UsageError(f"--num-classes {m.num_classes} but {cfg.data.path} has {num_classes} classes")
@@ -187,14 +186,7 @@ def open_resume(
     _check_world_size(ctx, int(ckpt.get("world_size", 1)), state, path, cfg.train.batch_size)
     if not ctx.is_main:
         state.partial = [0.0] * 4  # the saved sums of the unfinished epoch are the whole job's: counted once
-    data = open_training_data(
-        cfg.data.path,
-        in_chans=cfg.model.in_chans,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.train.seed,
-        allow_empty=cfg.data.allow_empty,
-    )
-    _check_data(ctx, data)
+    data = _open_data(ctx, cfg, cfg.model.in_chans)
     if data.classes != list(ckpt["classes"]):
         raise DataError(f"{cfg.data.path}: its classes changed since the run started; cannot resume")
     model = model_from_checkpoint(ckpt)
