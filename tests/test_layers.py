@@ -229,7 +229,7 @@ def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
         torch.testing.assert_close(clone(x), plain(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 5, 40])  # 40: above ONEDNN_BACKWARD_MAX_BATCH, MKL backward
 def test_onednn_linear_equals_nn_linear_forward_and_backward(batch):
     import copy
 

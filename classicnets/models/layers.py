@@ -274,7 +274,7 @@ class OneDNNLinear(nn.Linear):
     of MKL's sgemm. For the skinny products of small batches oneDNN measured 1.4-1.8x faster on the 2-core AMD
     EPYC test machines (AlexNet fc6 at batch 32: 31 vs 56 ms with 2 threads, 57 vs 85 ms with one; at batch 1 with
     2 threads 9.4 vs 12.7 ms, where MKL's matrix-vector product uses one core). At batch 1 on one thread MKL is
-    slightly faster, so that case keeps nn.Linear's forward. The backward is nn.Linear's (the same products).
+    slightly faster, so that case keeps nn.Linear's forward. The backward products run in oneDNN up to batch 32.
     Anything but CPU float32 without autocast, and compilers and exporters, run nn.Linear's forward.
     """
 
@@ -307,8 +307,14 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# The backward products grad_x = g W and grad_w = g^T x go to oneDNN up to this batch, to MKL above it. AlexNet's
+# fc6-fc8, both products, 2 threads, medians (benchmarks/fc_products.py): batch 8: oneDNN 89 vs MKL 150 ms;
+# 32: 160 vs 201; 64: 253 vs 261 (minimum 206 vs 179); 128: 550 vs 435.
+ONEDNN_BACKWARD_MAX_BATCH = 32
+
+
 class _OneDNNLinearFunction(torch.autograd.Function):
-    """y = x W^T + b with the forward in oneDNN; the backward is autograd's for nn.Linear."""
+    """y = x W^T + b with the forward in oneDNN, and the backward products too for small batches."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -320,8 +326,14 @@ class _OneDNNLinearFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        grad = grad.contiguous()
+        if grad.shape[0] <= ONEDNN_BACKWARD_MAX_BATCH:
+            # grad @ W = linear(grad, W^T) and grad^T @ x = linear(grad^T, x^T), on transposed views (no copies)
+            grad_x = _onednn_linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+            grad_w = _onednn_linear(grad.t(), x.t(), None) if ctx.needs_input_grad[1] else None
+        else:
+            grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+            grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
