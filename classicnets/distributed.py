@@ -123,15 +123,6 @@ def any_process(ctx: DistContext, flag: bool) -> bool:
     return bool(all_reduce_sum(ctx, torch.tensor([1 if flag else 0])).item() > 0)
 
 
-def all_reduce_min(ctx: DistContext, value: int) -> int:
-    """The smallest `value` over all processes."""
-    if not ctx.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=_collective_device(ctx))
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
-
-
 def _collective_device(ctx: DistContext) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
 

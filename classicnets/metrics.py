@@ -25,8 +25,6 @@ class MetricSums:
     `values` is one float64 tensor, so `distributed.all_reduce_sum(ctx, sums.values)` combines processes exactly.
     """
 
-    FIELDS = ("loss_sum", "top1", "top5", "count")
-
     def __init__(self, values: torch.Tensor | None = None) -> None:
         self.values = torch.zeros(4, dtype=torch.float64) if values is None else values.to(torch.float64).cpu()
 

@@ -254,3 +254,25 @@ def test_onednn_linear_equals_nn_linear_forward_and_backward(batch):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: nn.Linear's own forward, in bf16
         assert fast(x).dtype == torch.bfloat16
+
+
+def test_fast_cpu_layers_fall_back_to_plain_pytorch_when_the_onednn_op_fails(monkeypatch):
+    """The oneDNN ops are internal to torch: if one fails (renamed in another version), the plain forward answers
+    and the module keeps using it."""
+    import copy
+
+    from classicnets.models import layers
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    fast = layers.use_fast_cpu_layers(copy.deepcopy(plain))
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(layers, "_onednn_linear", broken)
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", broken, raising=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert fast[0]._fast_path_failed and fast[2]._fast_path_failed

@@ -12,7 +12,6 @@ import math
 import os
 import struct
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -178,11 +177,3 @@ def _scale_high_depth(img: Image.Image) -> Image.Image:
         full = float(np.iinfo(np.int32).max)
     scaled = np.clip(np.rint(a.astype(np.float64) * (255.0 / full)), 0, 255).astype(np.uint8)
     return Image.fromarray(scaled, mode="L")
-
-
-def file_size(path: str | os.PathLike) -> int:
-    """Size in bytes, or -1 when the path cannot be stat-ed (dangling link, permission)."""
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return -1

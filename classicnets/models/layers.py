@@ -10,6 +10,7 @@ backward that reuses the forward's denominators instead of autograd's chain of a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -208,11 +209,15 @@ class _LRNFunction(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
-def channel_window(channels: int, size: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """0/1 matrix W (channels x channels) with W[j, c] = 1 when channel j is in the LRN window of channel c."""
-    idx = torch.arange(channels, device=device)
-    offset = idx[:, None] - idx[None, :]  # j - c
-    return ((offset >= -(size // 2)) & (offset <= (size - 1) // 2)).to(dtype)
+def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """`run()` (one of torch's internal oneDNN ops), or None after marking `module` to use its plain PyTorch forward
+    from now on: those ops are not public API and may change name or signature in another torch version."""
+    try:
+        return run()
+    except (RuntimeError, AttributeError, TypeError) as e:
+        module._fast_path_failed = True
+        logging.getLogger(__name__).debug("%s: oneDNN fast path unavailable (%s); plain forward", type(module), e)
+        return None
 
 
 class PrepackedConv2d(nn.Conv2d):
@@ -228,19 +233,20 @@ class PrepackedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packable(x):
-            try:
-                return torch.ops.mkldnn._convolution_pointwise(
+            y = _fast_path(
+                self,
+                lambda: torch.ops.mkldnn._convolution_pointwise(
                     x, self._packed(x), self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
-                )
-            except (RuntimeError, AttributeError, TypeError) as e:  # an internal op changed in another torch version
-                self._packing_failed = True
-                logging.getLogger(__name__).debug("prepacked convolution unavailable (%s); using nn.Conv2d", e)
+                ),
+            )
+            if y is not None:
+                return y
         return super().forward(x)
 
     def _packable(self, x: torch.Tensor) -> bool:
         return (
             not torch.is_grad_enabled()
-            and not getattr(self, "_packing_failed", False)
+            and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
@@ -280,20 +286,19 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._onednn_ok(x):
-            try:
-                if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-                    return _OneDNNLinearFunction.apply(x, self.weight, self.bias)
-                return _onednn_linear(x, self.weight, self.bias)
-            except (RuntimeError, AttributeError, TypeError) as e:  # an internal op changed in another torch version
-                self._onednn_failed = True
-                logging.getLogger(__name__).debug("oneDNN linear unavailable (%s); using nn.Linear", e)
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                y = _fast_path(self, lambda: _OneDNNLinearFunction.apply(x, self.weight, self.bias))
+            else:
+                y = _fast_path(self, lambda: _onednn_linear(x, self.weight, self.bias))
+            if y is not None:
+                return y
         return super().forward(x)
 
     def _onednn_ok(self, x: torch.Tensor) -> bool:
         return (
             x.dim() == 2
             and (x.shape[0] > 1 or torch.get_num_threads() > 1)
-            and not getattr(self, "_onednn_failed", False)
+            and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32

@@ -1,7 +1,7 @@
 """Read a pickled object out of an `.npy` file without letting the pickle run code.
 
 `bvlc_alexnet.npy` is `np.save(path, {layer: [weights, biases]})`: an .npy header describing a 0-d object array,
-followed by a pickle of that array. `np.load(allow_pickle=True)` would unpickle it with the full `pickle` module,
+followed by a pickle of that array. numpy's loader with pickles allowed would unpickle it with the full `pickle` module,
 so a file from a stranger could call any function (`os.system`, ...). Here the header is parsed with numpy's own
 reader (which uses `ast.literal_eval`) and the pickle with an Unpickler whose `find_class` hands out only the few
 numpy functions that rebuild arrays and dtypes. Dicts, lists, tuples, strings, bytes and numbers are pickle opcodes,
