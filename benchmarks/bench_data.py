@@ -30,7 +30,7 @@ from classicnets.data import make_loader  # noqa: E402
 from classicnets.data.datasets import FileDataset  # noqa: E402
 from classicnets.data.loaders import _GuardedSamples  # noqa: E402
 from classicnets.data.transforms import ImageTransform  # noqa: E402
-from classicnets.registry import get_model_info  # noqa: E402
+from classicnets.models.registry import get_model_info  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cats-vs-dogs-sample"
 

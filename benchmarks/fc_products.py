@@ -2,8 +2,8 @@
 
 For fc6, fc7 and fc8 (9216->4096, 4096->4096, 4096->1000) at a training batch: the forward product y = x W^T and
 the two backward products grad_x = g W and grad_w = g^T x, each as torch's matmul (MKL sgemm) and as oneDNN
-(torch.ops.mkldnn._linear_pointwise on transposed views, what classicnets.models.layers.OneDNNLinear runs), timed
-interleaved in one process (classicnets.peak.time_interleaved).
+(torch.ops.mkldnn._linear_pointwise on transposed views, what classicnets.models.fast_layers.OneDNNLinear runs), timed
+interleaved in one process (classicnets.bench.timing.time_interleaved).
 
     .venv/bin/python benchmarks/fc_products.py [--batch-size 32] [--steps 20]
 """
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from classicnets.peak import time_interleaved
+from classicnets.bench.timing import time_interleaved
 
 LAYERS = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
 

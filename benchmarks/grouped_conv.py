@@ -3,7 +3,7 @@
 Forms, each forward + backward (input and weight gradients) at batch 32, fp32 and bf16 autocast, NCHW and
 channels_last: `groups2` = nn.Conv2d(groups=2); `split` = two convolutions on the channel halves, concatenated;
 `dense` = one groups=1 convolution with a block-diagonal weight (twice the FLOPs, for reference).
-All candidates are timed interleaved in one process (classicnets.peak.time_interleaved).
+All candidates are timed interleaved in one process (classicnets.bench.timing.time_interleaved).
 
     .venv/bin/python benchmarks/grouped_conv.py [--steps 5] [--precision fp32,bf16] [--batch-size 32]
 """
@@ -16,7 +16,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from classicnets.peak import time_interleaved
+from classicnets.bench.timing import time_interleaved
 
 # AlexNet-2012 grouped layers: (name, in channels, out channels, kernel, padding, input size) at 227x227 input.
 LAYERS = [("conv2", 96, 256, 5, 2, 27), ("conv4", 384, 384, 3, 1, 13), ("conv5", 384, 256, 3, 1, 13)]

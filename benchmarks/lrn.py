@@ -3,10 +3,10 @@
 Candidates, all with the paper's constants:
   torch     torch.nn.LocalResponseNorm (3-D average pooling over a zero-padded copy of x^2; autograd backward)
   banded    the first classicnets version: window sums as a banded 0/1 matmul over channels, autograd backward
-  ours      classicnets.models.layers.LocalResponseNorm: shifted in-place channel-slice sums, square roots for
+  ours      classicnets.models.lrn.LocalResponseNorm: shifted in-place channel-slice sums, square roots for
             the 0.75 power, a hand-written backward
 in fp32 and bf16 (input and gradient in bf16, as under autocast), NCHW and channels_last. Candidates are timed
-interleaved (classicnets.peak.time_interleaved); the table gives median ms (min) and the speed-up of `ours` over
+interleaved (classicnets.bench.timing.time_interleaved); the table gives median ms (min) and the speed-up of `ours` over
 `torch`. On a shared machine use --threads 1: single-threaded timings are far less disturbed by other processes.
 
     .venv/bin/python benchmarks/lrn.py [--steps 7] [--threads N] [--precision fp32,bf16] [--batch-size 32]
@@ -18,8 +18,8 @@ import argparse
 
 import torch
 
-from classicnets.models.layers import LocalResponseNorm
-from classicnets.peak import time_interleaved
+from classicnets.bench.timing import time_interleaved
+from classicnets.models.lrn import LocalResponseNorm
 from classicnets.runtime import native_bf16
 
 SHAPES = {"norm1": (96, 55, 55), "norm2": (256, 27, 27)}  # AlexNet-2012 at 227x227 input

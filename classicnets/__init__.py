@@ -11,19 +11,19 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "create_model": "classicnets.registry",
-    "list_models": "classicnets.registry",
-    "get_model_info": "classicnets.registry",
-    "register_model": "classicnets.registry",
-    "Preprocessing": "classicnets.registry",
-    "summarize": "classicnets.summary",
+    "create_model": "classicnets.models.registry",
+    "list_models": "classicnets.models.registry",
+    "get_model_info": "classicnets.models.registry",
+    "register_model": "classicnets.models.registry",
+    "Preprocessing": "classicnets.models.preprocessing",
+    "summarize": "classicnets.models.summary",
     "ClassicNetsError": "classicnets.errors",
     "load_weights": "classicnets.weights",
     "finetune_surgery": "classicnets.weights",
     "param_groups": "classicnets.weights",
-    "fit": "classicnets.train",
-    "evaluate": "classicnets.evaluation",
-    "predict": "classicnets.prediction",
+    "fit": "classicnets.training.loop",
+    "evaluate": "classicnets.inference.evaluation",
+    "predict": "classicnets.inference.prediction",
     "resolve_config": "classicnets.config",
 }
 

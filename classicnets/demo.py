@@ -33,7 +33,7 @@ class DemoResult:
     epochs: int
     seconds: float
     test_top1: float
-    predictions: list  # classicnets.prediction.Prediction
+    predictions: list  # classicnets.inference.prediction.Prediction
     grid: Path
 
 
@@ -46,11 +46,11 @@ def run_demo(*, out: str | None = None, epochs: int | None = None, device: str =
     """Train, evaluate and predict on the shipped digits; returns a DemoResult."""
     from classicnets.config import resolve_config
     from classicnets.data import open_dataset
-    from classicnets.evaluation import evaluate
-    from classicnets.prediction import predict
-    from classicnets.run_folder import choose_run_folder
-    from classicnets.train import fit
-    from classicnets.train_state import cpu_threads
+    from classicnets.inference.evaluation import evaluate
+    from classicnets.inference.prediction import predict
+    from classicnets.training.loop import fit
+    from classicnets.training.run_folder import choose_run_folder
+    from classicnets.training.state import cpu_threads
 
     digits = digits_dir()
     folder = Path(out) if out else choose_run_folder(None, "demo")

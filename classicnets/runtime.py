@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from classicnets.errors import UsageError
-from classicnets.models.layers import use_fast_cpu_layers
+from classicnets.models.base import unwrap_model
+from classicnets.models.fast_layers import use_fast_cpu_layers
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def fast_optimizer_options(device: torch.device) -> dict[str, Any]:
 
 def to_input_layout(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """Give a 4-D input batch the memory layout `prepare_model` chose for `model`."""
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap_model(model)
     if getattr(model, "channels_last", False) and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x

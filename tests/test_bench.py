@@ -15,11 +15,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from classicnets.bench import BenchConfig, count_flops, run_bench
+from classicnets.bench.flops import count_flops
+from classicnets.bench.peaks import measure_matmul_peak
+from classicnets.bench.run import run_bench
+from classicnets.bench.settings import BenchConfig
+from classicnets.bench.timing import Stats, time_interleaved
 from classicnets.cli import main
-from classicnets.models.layers import use_torch_lrn
-from classicnets.peak import Stats, measure_matmul_peak, time_interleaved
-from classicnets.registry import create_model
+from classicnets.models.lrn import use_torch_lrn
+from classicnets.models.registry import create_model
 
 CPU = torch.device("cpu")
 

@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
-from classicnets.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from classicnets.errors import WeightsError
 from classicnets.fileio import atomic_open, atomic_write_text
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
+from classicnets.weights.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):

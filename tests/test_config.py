@@ -19,7 +19,7 @@ from classicnets.config import (
     resolve_config,
 )
 from classicnets.errors import UsageError
-from classicnets.optim import LRSchedule
+from classicnets.training.optim import LRSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 

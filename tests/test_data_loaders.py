@@ -16,7 +16,7 @@ from classicnets.data.datasets import InMemoryDataset
 from classicnets.data.loaders import WorkerSeeder, _GuardedSamples
 from classicnets.data.transforms import ImageTransform
 from classicnets.errors import DataError
-from classicnets.registry import Preprocessing
+from classicnets.models.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=(3, 8, 8), resize_size=10)
 DIGITS = Preprocessing(input_size=(1, 32, 32), resize_size=None, mean=(0.5,), std=(0.5,), channel_order="L")

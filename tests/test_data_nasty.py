@@ -17,7 +17,7 @@ from classicnets.cli import main
 from classicnets.data import decode_image, make_loader, open_dataset
 from classicnets.data.decode import BadImageError
 from classicnets.data.scan import scan_folder
-from classicnets.registry import Preprocessing
+from classicnets.models.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=(3, 16, 16), resize_size=20)
 

@@ -11,7 +11,7 @@ from classicnets.data import IMAGENET_EIGVAL, IMAGENET_EIGVEC, BatchTransform, I
 from classicnets.data import batch_transforms as bt
 from classicnets.data.transforms import random_resized_box, resize_short_side, resized_crop
 from classicnets.errors import UsageError
-from classicnets.registry import CAFFE_BGR_MEAN, Preprocessing
+from classicnets.models.preprocessing import CAFFE_BGR_MEAN, Preprocessing
 
 
 def random_image(h=20, w=24, seed=0, mode="RGB"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from classicnets.distributed import (
+from classicnets.errors import DataError, UsageError
+from classicnets.training.distributed import (
     DistContext,
     ShardSampler,
     TrainSampler,
@@ -25,7 +26,6 @@ from classicnets.distributed import (
     make_samplers,
     rank_seed,
 )
-from classicnets.errors import DataError, UsageError
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ def test_sync_bn_refused_on_cpu():
 def digits_loader(n: int, *, batch_size: int = 8, sampler=None):
     """A training loader over n blank 28x28 images (the order is what matters here), single-process unless `sampler`."""
     from classicnets.data import InMemoryDataset, make_loader
-    from classicnets.registry import get_model_info
+    from classicnets.models.registry import get_model_info
 
     data = InMemoryDataset(
         torch.zeros(n, 28, 28, dtype=torch.uint8),

@@ -23,15 +23,15 @@ import torch
 import torch.multiprocessing as mp
 from trainkit import digit_idx, shipped_digits, write_idx
 
-from classicnets.checkpoint import load_checkpoint
 from classicnets.config import resolve_config
-from classicnets.distributed import DistContext
 from classicnets.errors import UsageError
-from classicnets.registry import create_model
-from classicnets.signals import StopRequest
-from classicnets.train import TrainingInterrupted, fit
-from classicnets.train_start import open_resume, start_trainer
-from classicnets.trainer import Trainer
+from classicnets.models.registry import create_model
+from classicnets.training.distributed import DistContext
+from classicnets.training.loop import TrainingInterrupted, fit
+from classicnets.training.signals import StopRequest
+from classicnets.training.start import open_resume, start_trainer
+from classicnets.training.trainer import Trainer
+from classicnets.weights.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # Plain SGD steps without momentum or weight decay: the update is the averaged gradient, nothing else.

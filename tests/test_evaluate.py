@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from trainkit import digit_folders, digit_idx, is_png, shipped_digits
 
-from classicnets.checkpoint import load_checkpoint, model_from_checkpoint
 from classicnets.cli import main
-from classicnets.evaluation import evaluate
-from classicnets.metrics import ConfusedPair, ConfusionMatrix, MetricSums, topk_correct
-from classicnets.registry import MNIST_MEAN, MNIST_STD
-from classicnets.train import fit
+from classicnets.inference.evaluation import evaluate
+from classicnets.inference.metrics import ConfusedPair, ConfusionMatrix, MetricSums, topk_correct
+from classicnets.models.preprocessing import MNIST_MEAN, MNIST_STD
+from classicnets.training.loop import fit
+from classicnets.weights.checkpoint import load_checkpoint, model_from_checkpoint
 
 PER_CLASS = 10
 
@@ -123,8 +123,8 @@ def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path)
 def test_the_package_exports_functions_not_modules():
     import inspect
 
-    import classicnets.evaluation  # noqa: F401  (imported first: a submodule named like the function would win)
-    import classicnets.prediction  # noqa: F401
+    import classicnets.inference.evaluation  # noqa: F401  (imported first: a submodule named like the function would win)
+    import classicnets.inference.prediction  # noqa: F401
     from classicnets import evaluate as evaluate_function
     from classicnets import fit, predict
 

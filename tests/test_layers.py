@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from classicnets.models.layers import LocalResponseNorm, use_torch_lrn
+from classicnets.models.lrn import LocalResponseNorm, use_torch_lrn
 
 
 def reference_lrn(a: torch.Tensor, *, size: int, alpha: float, beta: float, k: float, divide_by_n: bool):
@@ -76,7 +76,7 @@ def test_channels_last_and_even_window():
 
 
 def test_use_torch_lrn_swaps_every_layer_and_keeps_the_output():
-    from classicnets.registry import create_model
+    from classicnets.models.registry import create_model
 
     model = create_model("alexnet2012", num_classes=5).eval()
     x = torch.rand(1, 3, 227, 227)
@@ -188,9 +188,9 @@ def test_traced_graph_and_windows_wider_than_the_channels(size):
 def test_functional_form_for_compilers_is_differentiable(monkeypatch, beta):
     # Under torch.compile and torch.export the layer is plain differentiable ops (autograd derives the backward):
     # forced here, it must match torch's LRN and pass gradcheck.
-    import classicnets.models.layers as layers
+    import classicnets.models.lrn as lrn_module
 
-    monkeypatch.setattr(layers, "_tracing", lambda: True)
+    monkeypatch.setattr(lrn_module, "is_tracing", lambda: True)
     lrn = LocalResponseNorm(size=5, alpha=1e-3, beta=beta, k=2.0)
     x = (torch.rand(2, 8, 3, 3, dtype=torch.float64) * 40).requires_grad_()
     y = lrn(x)
@@ -203,7 +203,7 @@ def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
     import copy
     import pickle
 
-    from classicnets.models.layers import PrepackedConv2d, use_fast_cpu_layers
+    from classicnets.models.fast_layers import PrepackedConv2d, use_fast_cpu_layers
 
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(6, 8, 5, stride=2, padding=2, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
@@ -233,7 +233,7 @@ def test_prepacked_convolutions_compute_what_conv2d_does_and_never_go_stale():
 def test_onednn_linear_equals_nn_linear_forward_and_backward(batch):
     import copy
 
-    from classicnets.models.layers import OneDNNLinear, use_fast_cpu_layers
+    from classicnets.models.fast_layers import OneDNNLinear, use_fast_cpu_layers
 
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 7))
@@ -261,7 +261,7 @@ def test_fast_cpu_layers_fall_back_to_plain_pytorch_when_the_onednn_op_fails(mon
     and the module keeps using it."""
     import copy
 
-    from classicnets.models import layers
+    from classicnets.models import fast_layers as layers
 
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()

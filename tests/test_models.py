@@ -8,7 +8,7 @@ from torch import nn
 
 from classicnets.errors import InputSizeError, UnknownModelError, UsageError
 from classicnets.models.googlenet import GoogLeNetOutputs
-from classicnets.registry import create_model, get_model_info, list_models
+from classicnets.models.registry import create_model, get_model_info, list_models
 
 # ../shared/FACTS.md (torchvision weight metadata, bvlc_alexnet shapes) for 1000 classes.
 PARAMS_1000 = {

@@ -9,11 +9,12 @@ import pytest
 import torch
 from trainkit import digit_folders, is_png, shipped_digits
 
-import classicnets.plots
-from classicnets.checkpoint import build_checkpoint, save_checkpoint
+import classicnets.inference.plots
 from classicnets.cli import main
-from classicnets.prediction import predict
-from classicnets.registry import MNIST_MEAN, MNIST_STD, create_model
+from classicnets.inference.prediction import predict
+from classicnets.models.preprocessing import MNIST_MEAN, MNIST_STD
+from classicnets.models.registry import create_model
+from classicnets.weights.checkpoint import build_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,13 @@ def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, mon
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert row["top"][0]["probability"] == max(row["probabilities"].values())
     titles = []
-    real = classicnets.plots.plot_image_grid
+    real = classicnets.inference.plots.plot_image_grid
 
     def recording(images, captions, path, **kw):
         titles.extend(captions)
         real(images, captions, path, **kw)
 
-    monkeypatch.setattr(classicnets.plots, "plot_image_grid", recording)
+    monkeypatch.setattr(classicnets.inference.plots, "plot_image_grid", recording)
     grid = tmp_path / "grid.png"
     code = main(["predict", "--weights", str(path), str(pngs), "--grid", str(grid), "--topk", "2"])
     out = capsys.readouterr().out.splitlines()

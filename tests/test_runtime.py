@@ -11,7 +11,7 @@ from torch import nn
 
 from classicnets import runtime
 from classicnets.errors import UsageError
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
 
 CPU = torch.device("cpu")
 
@@ -109,7 +109,7 @@ def test_fused_optimizer_step_equals_the_default_step():
 
 
 def test_prepare_model_prepacks_cpu_convolutions_without_changing_the_checkpoint_keys():
-    from classicnets.models.layers import PrepackedConv2d
+    from classicnets.models.fast_layers import PrepackedConv2d
 
     model = create_model("alexnet2012", num_classes=3)
     keys = list(model.state_dict())
@@ -126,8 +126,8 @@ def test_lenet5_trained_in_bf16_ends_within_0_3_points_of_fp32(tmp_path):
     # with the demo's recipe (15 epochs) and compare top-1 on the 2,000 held-out digits. Measured: 98.55 % both
     # (fp32 65 s, bf16 178 s with bf16 emulated on a CPU without AVX-512 BF16).
     from classicnets.demo import digits_dir
-    from classicnets.evaluation import evaluate
-    from classicnets.train import fit
+    from classicnets.inference.evaluation import evaluate
+    from classicnets.training.loop import fit
 
     top1 = {}
     for precision in ("fp32", "bf16"):

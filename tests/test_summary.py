@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from classicnets.models.layers import use_torch_lrn
-from classicnets.registry import create_model, list_models
-from classicnets.summary import summarize
+from classicnets.models.lrn import use_torch_lrn
+from classicnets.models.registry import create_model, list_models
+from classicnets.models.summary import summarize
 
 
 def test_alexnet2012_totals_and_rows():

@@ -11,14 +11,14 @@ import torch
 import yaml
 from trainkit import digit_folders, digit_idx, is_png
 
-from classicnets.checkpoint import load_checkpoint
 from classicnets.config import resolve_config
 from classicnets.errors import UsageError, WeightsError
-from classicnets.run_folder import METRIC_COLUMNS
-from classicnets.signals import StopRequest
-from classicnets.train import TrainingDiverged, TrainingInterrupted, fit
-from classicnets.train_state import capture_rng, restore_rng
-from classicnets.trainer import Trainer
+from classicnets.rng import capture_rng, restore_rng
+from classicnets.training.loop import TrainingDiverged, TrainingInterrupted, fit
+from classicnets.training.run_folder import METRIC_COLUMNS
+from classicnets.training.signals import StopRequest
+from classicnets.training.trainer import Trainer
+from classicnets.weights.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_out_folder_is_never_overwritten_and_default_names_are_numbered(digits, 
 def test_frozen_batchnorm_keeps_its_running_statistics():
     from torch import nn
 
-    from classicnets.trainer import keep_frozen_norms_fixed
+    from classicnets.training.trainer import keep_frozen_norms_fixed
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)).train()
     for p in net[1].parameters():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from trainkit import is_png
 
-from classicnets.checkpoint import load_checkpoint
 from classicnets.cli import main
+from classicnets.weights.checkpoint import load_checkpoint
 from tests.conftest import shared_data
 
 PER_CLASS = 12

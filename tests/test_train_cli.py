@@ -15,9 +15,9 @@ import pytest
 import torch
 from trainkit import digit_folders, digit_idx
 
-from classicnets.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from classicnets.cli import main
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
+from classicnets.weights.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "--threads", "1", "--quiet"]
 

@@ -20,7 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from classicnets.errors import WeightsError
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
 from classicnets.weights import load_weights
 from classicnets.weights.caffe import read_caffe_npy
 from classicnets.weights.safe_npy import load_pickled_npy

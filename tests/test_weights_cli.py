@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from classicnets.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from classicnets.cli import main
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
 from classicnets.weights import load_weights
+from classicnets.weights.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

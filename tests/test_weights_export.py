@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from classicnets.errors import UsageError, WeightsError
-from classicnets.registry import Preprocessing, create_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import create_model
 from classicnets.weights import export, imagenet_classes, load_weights
 from classicnets.weights.caffe import CAFFE_PREPROCESSING
 from classicnets.weights.export import example_batch

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from classicnets.errors import UsageError, WeightsError
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
 from classicnets.weights import export, load_weights
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from classicnets.errors import UsageError
-from classicnets.registry import create_model
+from classicnets.models.registry import create_model
 from classicnets.weights import finetune_surgery, param_groups, replace_head
 
 CONVS = ["features.conv1", "features.conv2", "features.conv3", "features.conv4", "features.conv5"]

@@ -12,10 +12,11 @@ import logging
 import pytest
 import torch
 
-from classicnets.checkpoint import build_checkpoint, save_checkpoint
 from classicnets.errors import UsageError, WeightsError
-from classicnets.registry import IMAGENET_MEAN, IMAGENET_STD, create_model
+from classicnets.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from classicnets.models.registry import create_model
 from classicnets.weights import load_weights
+from classicnets.weights.checkpoint import build_checkpoint, save_checkpoint
 
 # torchvision models/alexnet.py: features 0, 3, 6, 8, 10 are convolutions, classifier 1, 4, 6 linear layers.
 TORCHVISION_ALEXNET = {

@@ -6,8 +6,8 @@ the plain PyTorch a user would write: eager, float32, NCHW, torch.nn.LocalRespon
 torch.optim.SGD's default step. The training step is forward + cross-entropy + backward + SGD step (momentum 0.9,
 weight decay 5e-4: the paper's optimiser). Figures: ms per batch (mean ± sd, median, min), images/s = batch /
 mean time, achieved GFLOP/s = counted FLOPs / mean time, efficiency = achieved / the matmul peak measured for the
-path's precision (classicnets.peak). Optional: onnxruntime on our exported model at batch 1 (bench_extras) and
-the real data loader feeding the step.
+path's precision (classicnets.bench.peaks). Optional: onnxruntime on our exported model at batch 1 (onnx_compare.py) and
+the real data loader feeding the step (data_feed.py).
 """
 
 from __future__ import annotations
@@ -17,184 +17,23 @@ import gc
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from classicnets import runtime
-from classicnets.bench_report import BenchReport, PathInfo, ResultRow, system_info
-from classicnets.errors import UsageError
-from classicnets.models.layers import use_torch_lrn
-from classicnets.peak import Peak, PeakProbe, Stats, best_peak, efficiency, measure_matmul_peak, time_interleaved
-from classicnets.registry import create_model, get_model_info
-from classicnets.summary import layer_macs
+from classicnets.bench.flops import count_flops
+from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_matmul_peak
+from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_info
+from classicnets.bench.settings import BenchConfig
+from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, infer_step, train_step
+from classicnets.bench.timing import Stats, time_interleaved
+from classicnets.models.registry import create_model, get_model_info
 
 log = logging.getLogger(__name__)
 
-MODES = ("infer", "train", "both")
-# The paper's optimiser (Krizhevsky et al. 2012, section 5); the lr is small so that 100 steps on random data stay
-# finite (NaNs and denormals would time different arithmetic).
-SGD_OPTIONS = {"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
 
-
-@dataclass
-class BenchConfig:
-    """What to time. `channels_last=None` and `precision="auto"` mean the default path's own choice."""
-
-    model: str
-    batch_sizes: list[int] = field(default_factory=lambda: [32])
-    mode: str = "both"  # infer, train or both
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    warmup: int = 10  # the TensorFlow AlexNet benchmark: 10 untimed steps, then 100 timed
-    steps: int = 100
-    baseline: bool = False
-    device: str = "auto"
-    num_classes: int | None = None
-    onnx: bool | None = None  # onnxruntime at batch 1: None = when installed and batch 1 is timed in infer mode
-    data: str | None = None  # a folder or list file: time the real loader feeding the step
-    workers: int = 2
-    peak_budget_s: float = 1.5
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; use infer, train or both")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise UsageError("batch sizes must be positive integers, e.g. --batch-size 32,128")
-        if self.warmup < 0 or self.steps < 1:
-            raise UsageError(f"--warmup must be >= 0 and --steps >= 1 (got {self.warmup} and {self.steps})")
-        if self.workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {self.workers}")
-        if not self.peak_budget_s > 0:
-            raise UsageError(f"--peak-seconds must be positive, got {self.peak_budget_s}")
-
-    @property
-    def modes(self) -> list[str]:
-        return ["infer", "train"] if self.mode == "both" else [self.mode]
-
-
-@dataclass
-class FlopCount:
-    """Per image. MACs are conv + linear multiply-adds (summary.py's convention); FLOPs = 2 x MACs.
-
-    The training step counts the forward, the weight gradients (as many FLOPs as the forward) and the input
-    gradients of every layer whose input needs one (all but the first convolution): the FLOPs a framework must
-    spend, whatever kernels it picks. FlopCounterMode would double-count grouped convolutions' input gradients.
-    """
-
-    params: int
-    macs: int
-    forward_flops: int
-    train_flops: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def count_flops(name: str, input_size: tuple[int, int, int], num_classes: int | None) -> FlopCount:
-    """Parameters, MACs and FLOPs of one image through `name`, counted on the meta device (nothing computed)."""
-    with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes, in_chans=input_size[0])
-    model.train()
-    forward = 0
-    input_grads = 0
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal forward, input_grads
-        if not isinstance(output, torch.Tensor):
-            return
-        macs = layer_macs(module, output)
-        forward += macs
-        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad:
-            input_grads += macs
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    try:
-        model(torch.zeros(1, *input_size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return FlopCount(params, forward, 2 * forward, 2 * (2 * forward + input_grads))
-
-
-@dataclass
-class Path:
-    """One way of running the model: built, placed and stepped."""
-
-    info: PathInfo
-    model: nn.Module
-    optimizer: torch.optim.Optimizer | None
-    to_input: Callable[[torch.Tensor], torch.Tensor]
-
-
-def build_default_path(base: nn.Module, device: torch.device, cfg: BenchConfig, precision: str) -> Path:
-    model = runtime.prepare_model(base, device, channels_last=cfg.channels_last, compile=cfg.compile)
-    plain = getattr(model, "_orig_mod", model)
-    options = runtime.fast_optimizer_options(device)
-    optimizer = torch.optim.SGD(plain.parameters(), **SGD_OPTIONS, **options)
-    info = PathInfo(
-        name="default",
-        precision=precision,
-        channels_last=bool(plain.channels_last),
-        compiled=cfg.compile,
-        lrn="classicnets.LocalResponseNorm" if _has_lrn(plain) else "none",
-        optimizer="SGD(fused)" if options.get("fused") else "SGD",
-    )
-    return Path(info, model, optimizer, lambda x: runtime.to_input_layout(x, model))
-
-
-def build_baseline_path(base: nn.Module, device: torch.device) -> Path:
-    """What a user writes from the PyTorch tutorials: the same weights, eager, fp32, NCHW, torch's LRN."""
-    model = use_torch_lrn(base).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
-    info = PathInfo(
-        name="baseline",
-        precision="fp32",
-        channels_last=False,
-        compiled=False,
-        lrn="torch.nn.LocalResponseNorm"
-        if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
-        else "none",
-        optimizer="SGD",
-    )
-    return Path(info, model, optimizer, lambda x: x)
-
-
-def _has_lrn(model: nn.Module) -> bool:
-    return any(type(m).__name__ == "LocalResponseNorm" for m in model.modules())
-
-
-def infer_step(path: Path, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
-    x = path.to_input(x)
-    # no_grad rather than inference_mode: compiled models may not be called in inference mode after training.
-    grad_off = torch.no_grad if path.info.compiled else torch.inference_mode
-
-    def step() -> None:
-        with grad_off(), runtime.autocast(device, path.info.precision):
-            path.model(x)
-
-    return step
-
-
-def train_step(path: Path, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
-    x = path.to_input(x)
-
-    def step() -> None:
-        path.optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast(device, path.info.precision):
-            loss = F.cross_entropy(path.model(x), y)
-        loss.backward()
-        path.optimizer.step()
-
-    return step
-
-
-def _set_mode(paths: list[Path], mode: str) -> None:
+def _set_mode(paths: list[TimedPath], mode: str) -> None:
     for p in paths:
         p.model.train(mode == "train")
 
@@ -263,12 +102,12 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             for p in paths:
                 report.rows.append(_row(batch, mode, p.info, stats[p.info.name], flops, peaks_before))
         if cfg.onnx is not False and "infer" in cfg.modes and batch == 1:
-            from classicnets.bench_extras import compare_onnxruntime
+            from classicnets.bench.onnx_compare import compare_onnxruntime
 
             _set_mode(paths, "infer")
             report.onnx = compare_onnxruntime(paths[0], x, device, cfg, required=cfg.onnx is True, quiet=quiet)
         if cfg.data:
-            from classicnets.bench_extras import time_data_loader
+            from classicnets.bench.data_feed import time_data_loader
 
             report.data.append(time_data_loader(paths[0], cfg, batch, device, quiet=quiet))
         del paths, base, baseline_model, steps

@@ -89,8 +89,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from classicnets.process_env import apply_fast_cpu_env
 
     apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
-    from classicnets.bench import BenchConfig, run_bench
-    from classicnets.registry import get_model_info
+    from classicnets.bench.run import run_bench
+    from classicnets.bench.settings import BenchConfig
+    from classicnets.models.registry import get_model_info
 
     get_model_info(args.model)  # an unknown name fails here, before any timing
     cfg = BenchConfig(

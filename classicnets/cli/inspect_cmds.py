@@ -42,8 +42,8 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from classicnets.registry import get_model_info, list_models
-    from classicnets.summary import summarize
+    from classicnets.models.registry import get_model_info, list_models
+    from classicnets.models.summary import summarize
 
     names = list_models(args.pattern)
     if not names:
@@ -79,8 +79,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from classicnets.registry import get_model_info
-    from classicnets.summary import summarize
+    from classicnets.models.registry import get_model_info
+    from classicnets.models.summary import summarize
 
     info = get_model_info(args.model)
     size = parse_input_size(args.input) if args.input else info.input_size
@@ -92,7 +92,7 @@ def run_summary(args: argparse.Namespace) -> int:
         )
     import torch
 
-    from classicnets.registry import create_model
+    from classicnets.models.registry import create_model
 
     with torch.device("meta"):
         model = create_model(args.model, num_classes=args.classes, in_chans=size[0])

@@ -1,4 +1,4 @@
-"""`classicnets train`, `eval`, `predict` and `demo`: flags -> classicnets.train / evaluate / predict -> exit code."""
+"""`classicnets train`, `eval`, `predict` and `demo`: flags -> fit / evaluate / predict / run_demo -> exit code."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         base = args.config
         if args.resume:
-            from classicnets.checkpoint import load_checkpoint
+            from classicnets.weights.checkpoint import load_checkpoint
 
             path = Path(overrides["out"] if args.resume is True and "out" in overrides else str(args.resume))
             base = load_checkpoint(path / "last.pt" if path.is_dir() else path).get("config")
@@ -129,9 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
     rank = _torchrun_rank()
     if rank:
         _quiet_other_process(rank)
-    from classicnets.distributed import shutdown
     from classicnets.errors import ClassicNetsError
-    from classicnets.train import TrainingInterrupted, fit
+    from classicnets.training.distributed import shutdown
+    from classicnets.training.loop import TrainingInterrupted, fit
 
     try:
         result = fit(config=args.config, resume=args.resume, settings=args.set, progress=not args.quiet, **overrides)
@@ -174,7 +174,7 @@ def _pct(value: float | None) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from classicnets.evaluation import evaluate
+    from classicnets.inference.evaluation import evaluate
 
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
     report = evaluate(
@@ -224,7 +224,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from classicnets.prediction import predict
+    from classicnets.inference.prediction import predict
 
     results = predict(
         args.weights,

@@ -70,8 +70,8 @@ def run_import(args: argparse.Namespace) -> int:
     _check_out(args.src, args.out, args.force)
     classes = _read_classes(args.classes) if args.classes else None
 
-    from classicnets.checkpoint import build_checkpoint, save_checkpoint
     from classicnets.weights import load_weights
+    from classicnets.weights.checkpoint import build_checkpoint, save_checkpoint
 
     model = load_weights(args.src, model=args.model, num_classes=args.num_classes, fmt=args.fmt)
     if classes is not None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classicnets.registry import Preprocessing
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.rng import mix_seed
 
 # ImageNet RGB eigen-decomposition in common use (fb.resnet.torch, timm; FACTS.md), pixels in [0, 1].
 # eigvec[:, i] (a column) is the i-th eigenvector, as numpy.linalg.eigh returns them.
@@ -103,11 +103,6 @@ class BatchTransform:
         x.mul_(self.scale.to(device)[:, None, None]).add_(self.shift.to(device)[:, None, None])
         x = x.to(self.dtype)
         return x.reshape(*shape[:-3], *x.shape[-3:]) if batch.dim() == 5 else x
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from several integers (numpy's SeedSequence hashing), for torch generators."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # ---- batch geometry for the in-memory loader (uint8 N x C x H x W on any device) ----

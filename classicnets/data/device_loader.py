@@ -12,7 +12,8 @@ import torch
 
 from classicnets.data import batch_transforms as bt
 from classicnets.data.datasets import InMemoryDataset
-from classicnets.data.loaders import EpochLoaderBase
+from classicnets.data.epoch_loader import EpochLoaderBase
+from classicnets.rng import mix_seed
 
 # ITU-R BT.601 luma weights, what PIL's convert("L") uses, for colour sets fed to a 1-channel model.
 _LUMA = (0.299, 0.587, 0.114)
@@ -30,7 +31,7 @@ class DeviceLoader(EpochLoaderBase):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.bad_files = []
         t = self.transform
-        generator = torch.Generator().manual_seed(bt.mix_seed(self.seed, self.epoch, 3))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 3))
         order = torch.tensor(self.epoch_indices(), dtype=torch.long)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from classicnets.data.batch_transforms import mix_seed
 from classicnets.data.datasets import ImageDataset, InMemoryDataset
 from classicnets.data.decode import BadImageError
+from classicnets.data.device_loader import DeviceLoader
+from classicnets.data.epoch_loader import EpochLoaderBase
 from classicnets.data.transforms import ImageTransform
 from classicnets.errors import DataError, UsageError
-from classicnets.registry import Preprocessing
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.rng import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -69,52 +71,10 @@ def make_loader(
     options = dict(batch_size=batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
                    device=torch.device(device))  # fmt: skip
     if isinstance(dataset, InMemoryDataset):
-        from classicnets.data.device_loader import DeviceLoader
-
         return DeviceLoader(dataset, transform=transform, **options)
     return Loader(dataset, transform=transform, workers=workers, max_bad_fraction=max_bad_fraction,
                   max_bad_in_row=max_bad_in_row, multiprocessing_context=multiprocessing_context,
                   **options)  # fmt: skip
-
-
-class EpochLoaderBase:
-    """What both loaders share: epochs, the sample order of an epoch, len()."""
-
-    def __init__(self, dataset, *, transform, batch_size, seed, shuffle, drop_last, sampler, device):
-        self.dataset = dataset
-        self.transform = transform
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.sampler = sampler
-        self.device = device
-        self.epoch = 0
-        self.bad_files: list[tuple[str, str]] = []
-        self.batch_indices: list[int] = []  # dataset indices of the batch yielded last, in order
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed shuffling and augmentation from (seed, epoch); forwarded to a DistributedSampler."""
-        self.epoch = int(epoch)
-        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epoch)
-
-    def epoch_indices(self) -> list[int]:
-        """The sample order of the current epoch (before batching)."""
-        if self.sampler is not None:
-            return [int(i) for i in self.sampler]
-        n = len(self.dataset)
-        if not self.shuffle:
-            return list(range(n))
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))
-        return torch.randperm(n, generator=generator).tolist()
-
-    def _num_samples(self) -> int:
-        return len(self.sampler) if self.sampler is not None else len(self.dataset)
-
-    def __len__(self) -> int:
-        n = self._num_samples()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 class Loader(EpochLoaderBase):

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from classicnets.errors import UsageError
-from classicnets.registry import Preprocessing
+from classicnets.models.preprocessing import Preprocessing
 
 RECIPES = ("paper", "modern", "none")
 RESAMPLE = {

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from classicnets.errors import DataError
-from classicnets.metrics import ConfusedPair, ConfusionMatrix, MetricSums
+from classicnets.inference.metrics import ConfusedPair, ConfusionMatrix, MetricSums
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def evaluate(
 def write_eval_pictures(report: EvalReport, out: Path) -> None:
     """confusion_matrix.png and misclassified.png of the main pass (10-crop when present), and eval.json."""
     from classicnets.fileio import atomic_write_text
-    from classicnets.plots import plot_confusion, plot_image_grid
+    from classicnets.inference.plots import plot_confusion, plot_image_grid
 
     name = "ten_crop" if "ten_crop" in report.passes else "center"
     p = report.passes[name]

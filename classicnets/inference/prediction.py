@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from classicnets.errors import DataError, UsageError
-from classicnets.evaluation import load_model
+from classicnets.inference.evaluation import load_model
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def predict(
 
 def write_grid(predictions: Sequence[Prediction], path: str | os.PathLike) -> None:
     """Each image with "class, probability" of its top class above it."""
-    from classicnets.plots import plot_image_grid
+    from classicnets.inference.plots import plot_image_grid
 
     shown = list(predictions[:GRID_MAX_IMAGES])
     if len(predictions) > len(shown):

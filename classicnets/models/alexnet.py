@@ -16,8 +16,9 @@ from collections import OrderedDict
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.models.layers import LRN_PRESETS, LocalResponseNorm
-from classicnets.registry import Preprocessing, register_model
+from classicnets.models.lrn import LRN_PRESETS, LocalResponseNorm
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import register_model
 
 PAPER = "Krizhevsky et al. 2012, https://papers.nips.cc/paper/4824"
 

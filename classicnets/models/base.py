@@ -63,3 +63,27 @@ class ClassicNet(nn.Module):
         """How a replaced head is initialised; models override this to follow their paper's init."""
         nn.init.normal_(layer.weight, 0.0, 0.01)
         nn.init.zeros_(layer.bias)
+
+
+def is_tracing() -> bool:
+    """True while torch.compile, torch.export (and so the ONNX exporter) or torch.jit trace the model."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model itself inside the wrappers training may add: DistributedDataParallel (`.module`) and
+    torch.compile (`._orig_mod`), in either order."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model

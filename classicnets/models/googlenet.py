@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.registry import Preprocessing, register_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import register_model
 
 
 class GoogLeNetOutputs(NamedTuple):

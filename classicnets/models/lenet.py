@@ -9,7 +9,8 @@ from collections import OrderedDict
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.registry import MNIST_MEAN, MNIST_STD, Preprocessing, register_model
+from classicnets.models.preprocessing import MNIST_MEAN, MNIST_STD, Preprocessing
+from classicnets.models.registry import register_model
 
 
 class LeNet5(ClassicNet):

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.registry import Preprocessing, register_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import register_model
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from classicnets.registry import create_model, get_model_info
+from classicnets.models.registry import create_model, get_model_info
 
 
 @dataclass

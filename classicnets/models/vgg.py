@@ -11,7 +11,8 @@ from functools import partial
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.registry import Preprocessing, register_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import register_model
 
 # Configurations A, B, D, E of the paper's Table 1: output channels of each 3x3 convolution, "M" = 2x2 max-pool.
 CONFIGS: dict[str, list[int | str]] = {

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-from classicnets.errors import ClassicNetsError, DataError, UsageError
+from classicnets.errors import ClassicNetsError, DataError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,11 +98,6 @@ def shutdown(ctx: DistContext | None = None) -> None:
     """Leave the process group (`ctx` None: whichever this process joined, e.g. inside `fit`)."""
     if (ctx is None or ctx.enabled) and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
 
 
 def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
@@ -183,7 +178,7 @@ def rank_seed(seed: int, ctx: DistContext) -> int:
     mixed with the rank, so the processes do not draw the same crops, noise and dropout masks for their samples."""
     if not ctx.enabled:
         return seed
-    from classicnets.data.batch_transforms import mix_seed
+    from classicnets.rng import mix_seed
 
     return mix_seed(seed, ctx.rank, 0x5EED)
 
@@ -192,7 +187,7 @@ class TrainSampler(DistributedSampler):
     """DistributedSampler whose epoch order is the single-process loader's permutation (seed, epoch).
 
     torch's DistributedSampler shuffles with `seed + epoch`; the single-process loader
-    (classicnets.data.loaders.EpochLoaderBase.epoch_indices) with `mix_seed(seed, epoch, 0)`. Using the same
+    (classicnets.data.epoch_loader.EpochLoaderBase.epoch_indices) with `mix_seed(seed, epoch, 0)`. Using the same
     permutation, process r taking every w-th sample from r, makes global batch k (b per process) the
     single-process batch k of b * w samples. Padding (drop_last=False) and truncation (drop_last=True) follow
     DistributedSampler, so every process gets the same number of samples and steps.
@@ -202,7 +197,7 @@ class TrainSampler(DistributedSampler):
         super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
 
     def __iter__(self) -> Iterator[int]:
-        from classicnets.data.batch_transforms import mix_seed
+        from classicnets.rng import mix_seed
 
         n = len(self.dataset)
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))  # as epoch_indices
@@ -229,11 +224,6 @@ def is_collective_failure(error: BaseException) -> bool:
     """A collective that failed because a peer is gone: torch raises DistError subclasses for NCCL and the stores,
     and a plain RuntimeError from gloo ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer")."""
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class ShardSampler(Sampler[int]):

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 
 from classicnets.config import Config, resolve_config
-from classicnets.distributed import PeerLost, first_line, is_collective_failure
-from classicnets.errors import ClassicNetsError
-from classicnets.metrics import MetricSums
-from classicnets.run_folder import RunFolder
-from classicnets.signals import StopRequest, stop_on_signals
-from classicnets.train_start import open_resume, start_trainer
-from classicnets.train_state import Progress, cpu_threads, deterministic_algorithms
-from classicnets.trainer import Trainer
+from classicnets.errors import ClassicNetsError, first_line
+from classicnets.inference.metrics import MetricSums
+from classicnets.training.distributed import PeerLost, is_collective_failure
+from classicnets.training.run_folder import RunFolder
+from classicnets.training.signals import StopRequest, stop_on_signals
+from classicnets.training.start import open_resume, start_trainer
+from classicnets.training.state import Progress, cpu_threads, deterministic_algorithms
+from classicnets.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ def fit(
         trainer = open_resume(resume, overrides=overrides, settings=settings)
     else:
         trainer = start_trainer(resolve_config(config, overrides=overrides, settings=settings))
-    return run(trainer, progress=progress, on_epoch_end=on_epoch_end, stop=stop or StopRequest())
+    return train_epochs(trainer, progress=progress, on_epoch_end=on_epoch_end, stop=stop or StopRequest())
 
 
-def run(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | None, stop: StopRequest) -> FitResult:
+def train_epochs(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | None, stop: StopRequest) -> FitResult:
     """Epochs from where `trainer` stands to config.train.epochs, with checkpoints, logs and plots."""
     cfg, state = trainer.config, trainer.state
     with deterministic_algorithms(cfg.train.deterministic), cpu_threads(cfg.train.threads), stop_on_signals(stop):
@@ -127,11 +127,11 @@ def run(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | None, stop
         "done: best validation top-1 %.2f%% at epoch %d; run folder %s",
         100 * best.get("val_top1", float("nan")),
         best.get("epoch", 0),
-        trainer.run.path,
+        trainer.run_folder.path,
     )
     data = trainer.data
     return FitResult(
-        trainer.run.path,
+        trainer.run_folder.path,
         trainer.raw_model,
         data.classes,
         list(state.history),
@@ -223,14 +223,14 @@ def _interrupted(trainer: Trainer, stop: StopRequest, *, agreed: bool = True) ->
         else f"at epoch {state.epoch + 1}, step {state.step_in_epoch} of {len(trainer.train_loader)}"
     )
     name = stop.signal_name or "a stop request"
-    resume = f"classicnets train --resume {trainer.run.path}"
+    resume = f"classicnets train --resume {trainer.run_folder.path}"
     ctx = trainer.ctx
     if ctx.enabled:
         resume += f" under torchrun with {ctx.world_size} processes" + (
             "" if state.step_in_epoch else " (or another number)"
         )
     return TrainingInterrupted(
-        f"stopped by {name} {where}; saved {trainer.run.last}; continue with: {resume}", stop.exit_code
+        f"stopped by {name} {where}; saved {trainer.run_folder.last}; continue with: {resume}", stop.exit_code
     )
 
 
@@ -241,9 +241,9 @@ def _diverged(trainer: Trainer, loss: float) -> TrainingDiverged:
     kept = trainer.save_last_if_finite()
     where = f"epoch {state.epoch + 1}, step {step}"
     saved = (
-        f"{trainer.run.last} holds the last finite weights (before that step)"
+        f"{trainer.run_folder.last} holds the last finite weights (before that step)"
         if kept
-        else f"the weights were no longer finite; {trainer.run.last} keeps the last epoch's"
+        else f"the weights were no longer finite; {trainer.run_folder.last} keeps the last epoch's"
     )
     return TrainingDiverged(f"the loss became {loss} at {where}; stopped. {saved}. Try a lower --lr.")
 

@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from classicnets.checkpoint import save_checkpoint
 from classicnets.errors import UsageError
 from classicnets.fileio import atomic_write_text
+from classicnets.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ class RunFolder:
     def plot_curves(self, history: list[dict[str, float]]) -> None:
         if not self.is_main or not history:
             return
-        from classicnets.plots import plot_curves
+        from classicnets.inference.plots import plot_curves
 
         plot_curves(history, self.path / "loss.png", self.path / "accuracy.png")
 
     def plot_confusion(self, counts: list[list[int]], classes: list[str], epoch: int) -> None:
         if not self.is_main:
             return
-        from classicnets.plots import plot_confusion
+        from classicnets.inference.plots import plot_confusion
 
         title = f"Validation confusion matrix (best epoch, {epoch})"
         plot_confusion(counts, classes, self.path / "confusion_matrix.png", title=title)

@@ -85,7 +85,7 @@ def _shorten(names: list[str], n: int = 6) -> str:
 
 
 def default_in_chans(config: Config) -> int:
-    from classicnets.registry import get_model_info
+    from classicnets.models.registry import get_model_info
 
     if config.model.in_chans is not None:
         return config.model.in_chans
@@ -110,12 +110,12 @@ def load_starting_weights(config: Config) -> nn.Module:
     return model
 
 
-def build_model(config: Config, num_classes: int, *, start: nn.Module | None = None) -> nn.Module:
+def build_training_model(config: Config, num_classes: int, *, start: nn.Module | None = None) -> nn.Module:
     """A fresh model, or `start` (from load_starting_weights) with a new head if the class count differs and the
     fine-tuning surgery of --skip-layers / --freeze / --freeze-until applied."""
     m = config.model
     if start is None:
-        from classicnets.registry import create_model
+        from classicnets.models.registry import create_model
 
         if m.skip_layers or m.freeze or m.freeze_until or m.head_lr_mult != 1.0:
             raise UsageError(

@@ -3,7 +3,7 @@
 Everything that can fail because of the user's input (device, weights, data, run folder) is checked here, before
 the run folder is created, so a bad flag or folder leaves nothing behind.
 
-Under torchrun both join the process group here (classicnets.distributed): each process takes its own device,
+Under torchrun both join the process group here (classicnets.training.distributed): each process takes its own device,
 process 0 picks the run folder for all, and the processes check that they read the same data.
 """
 
@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from classicnets.checkpoint import load_checkpoint, model_from_checkpoint
 from classicnets.config import Config, resolve_config
-from classicnets.distributed import (
+from classicnets.errors import DataError, UsageError, WeightsError
+from classicnets.rng import seed_everything
+from classicnets.runtime import resolve_device, resolve_precision
+from classicnets.training.distributed import (
     DistContext,
     check_same_everywhere,
     check_sync_bn,
@@ -27,18 +29,17 @@ from classicnets.distributed import (
     decided_by_main,
     init_distributed,
 )
-from classicnets.errors import DataError, UsageError, WeightsError
-from classicnets.run_folder import RunFolder, choose_run_folder
-from classicnets.runtime import resolve_device, resolve_precision
-from classicnets.train_setup import (
+from classicnets.training.run_folder import RunFolder, choose_run_folder
+from classicnets.training.setup import (
     apply_surgery,
-    build_model,
+    build_training_model,
     default_in_chans,
     load_starting_weights,
     open_training_data,
 )
-from classicnets.train_state import RESUME_KEYS, Progress, seed_everything
-from classicnets.trainer import Trainer
+from classicnets.training.state import RESUME_KEYS, Progress
+from classicnets.training.trainer import Trainer
+from classicnets.weights.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     num_classes = len(data.classes)
     if m.num_classes is not None and m.num_classes != num_classes:
         raise UsageError(f"--num-classes {m.num_classes} but {cfg.data.path} has {num_classes} classes")
-    model = build_model(cfg, num_classes, start=start)
+    model = build_training_model(cfg, num_classes, start=start)
     # The resolved config: what was left open is now written down, so config.yaml reproduces the run.
     m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
     m.weights = str(Path(m.weights).resolve()) if m.weights else None

@@ -1,57 +1,21 @@
-"""What a training checkpoint holds beyond the model, and how a run is seeded and resumed.
+"""Where a run stands (`Progress`, saved in last.pt and restored by --resume) and the process settings a run
+holds while it trains (deterministic algorithms, CPU threads).
 
-Everything is stored as tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)` reads it:
-the numpy and Python RNG states are converted to plain lists (weights_only refuses numpy objects).
+Everything in a checkpoint is tensors, numbers, strings, lists and dicts, so `torch.load(weights_only=True)`
+reads it back; the RNG states are saved by classicnets.rng.capture_rng in the same plain form.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 # Keys a resumable checkpoint (last.pt) must hold, besides those of every checkpoint.
 RESUME_KEYS = ("config", "epoch", "step_in_epoch", "optimizer", "scheduler", "rng", "metrics")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), Python's random and numpy's global generator from the config seed."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def capture_rng() -> dict[str, Any]:
-    """Every global RNG state, as tensors and plain lists."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state(), "numpy": _numpy_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _numpy_state() -> list:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
 
 
 @contextlib.contextmanager

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from classicnets.checkpoint import build_checkpoint
 from classicnets.config import Config
-from classicnets.data.batch_transforms import mix_seed
-from classicnets.distributed import (
+from classicnets.inference.metrics import ConfusionMatrix, MetricSums
+from classicnets.rng import capture_rng, mix_seed, restore_rng
+from classicnets.runtime import autocast, prepare_model, to_input_layout
+from classicnets.training.distributed import (
     DistContext,
     all_reduce_sum,
     any_process,
@@ -28,16 +29,15 @@ from classicnets.distributed import (
     rank_seed,
     wrap_model,
 )
-from classicnets.metrics import ConfusionMatrix, MetricSums
-from classicnets.optim import LRSchedule, build_optimizer
-from classicnets.run_folder import RunFolder
-from classicnets.runtime import autocast, prepare_model, to_input_layout
-from classicnets.signals import StopRequest
-from classicnets.train_setup import (
+from classicnets.training.optim import LRSchedule, build_optimizer
+from classicnets.training.run_folder import RunFolder
+from classicnets.training.setup import (
     TrainingData,
     param_groups,
 )
-from classicnets.train_state import Progress, capture_rng, restore_rng
+from classicnets.training.signals import StopRequest
+from classicnets.training.state import Progress
+from classicnets.weights.checkpoint import build_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Trainer:
         from classicnets.data import BatchTransform, make_loader
 
         self.config, self.device, self.precision, self.data, self.ctx = config, device, precision, data, ctx
-        self.run, self.state = run_folder, state
+        self.run_folder, self.state = run_folder, state
         self.raw_model = model
         cfg = config
         # local_model: on this process's device (maybe compiled), for validation and the input layout;
@@ -126,10 +126,10 @@ class Trainer:
         if self.ctx.enabled:
             log.info("torchrun: %s", describe(self.ctx, cfg.train.batch_size))
         if self.resume_from is None:
-            self.run.write_start(cfg.to_yaml(), self.data.classes, self.data.split)
+            self.run_folder.write_start(cfg.to_yaml(), self.data.classes, self.data.split)
             log.info(
                 "run folder %s (%s, %d epochs, %s, %s)",
-                self.run.path,
+                self.run_folder.path,
                 cfg.model.name,
                 cfg.train.epochs,
                 self.device,
@@ -141,10 +141,11 @@ class Trainer:
         self.schedule.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.run.write_start(cfg.to_yaml(), self.data.classes, self.data.split)  # epochs may have changed
+        self.run_folder.write_start(cfg.to_yaml(), self.data.classes, self.data.split)  # epochs may have changed
         restore_rng(ckpt["rng"])  # last: nothing may draw random numbers between this and the first step
         self.resume_from = None
-        log.info("resuming %s at epoch %d, step %d", self.run.path, self.state.epoch + 1, self.state.step_in_epoch)
+        state = self.state
+        log.info("resuming %s at epoch %d, step %d", self.run_folder.path, state.epoch + 1, state.step_in_epoch)
 
     def train_steps(self, epoch: int, *, start: int = 0) -> Iterator[tuple[float, Any, Any]]:
         """Train one epoch from step `start` (earlier batches are drawn and skipped, so the order is unchanged).
@@ -208,7 +209,7 @@ class Trainer:
 
     def validate(self, stop: StopRequest) -> tuple[MetricSums, ConfusionMatrix] | None:
         """Loss, top-1/top-5 and the confusion matrix on the validation set; None when a stop came first."""
-        from classicnets.evaluation import evaluate_loader
+        from classicnets.inference.evaluation import evaluate_loader
 
         # The unwrapped model: DistributedDataParallel would synchronise BatchNorm buffers at every forward, and
         # the shards may hold one batch more on some processes than on others. For the same reason a stop is
@@ -246,10 +247,10 @@ class Trainer:
             state.best = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_loss": row["val_loss"]}
         self.save_last()
         if improved:
-            self.run.save("best", self.best_checkpoint())
-            self.run.plot_confusion(confusion.to_list(), self.data.classes, row["epoch"])
-        self.run.write_metrics(state.history)
-        self.run.plot_curves(state.history)
+            self.run_folder.save("best", self.best_checkpoint())
+            self.run_folder.plot_confusion(confusion.to_list(), self.data.classes, row["epoch"])
+        self.run_folder.write_metrics(state.history)
+        self.run_folder.plot_curves(state.history)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class Trainer:
             world_size=self.ctx.world_size,  # a mid-epoch resume needs as many processes (train_start)
             **self.state.to_checkpoint(),
         )
-        self.run.save("last", ckpt)
+        self.run_folder.save("last", ckpt)
         self.saved_current = True
 
     def save_last_if_finite(self) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from classicnets.errors import WeightsError
-from classicnets.registry import CAFFE_BGR_MEAN, Preprocessing
+from classicnets.models.preprocessing import CAFFE_BGR_MEAN, Preprocessing
 from classicnets.weights.safe_npy import load_pickled_npy
 
 MODEL_NAME = "alexnet2012"

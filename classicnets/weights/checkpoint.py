@@ -9,7 +9,7 @@ reads it (the loader refuses anything else; we never fall back to an unsafe load
     state_dict      the model's weights
     classes         class names, index order
     preprocessing   Preprocessing.to_dict(): input size, resize, mean/std, channel order, pixel scale
-    # optional, written by training (classicnets.train; last.pt has them all, best.pt the first four):
+    # optional, written by training (classicnets.training.loop; last.pt has them all, best.pt the first four):
     config          the run's resolved config (Config.to_dict(): plain YAML-like values)
     epoch           completed epochs
     metrics         one dict per completed epoch (the rows of metrics.csv)
@@ -39,9 +39,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from classicnets.errors import WeightsError
+from classicnets.errors import WeightsError, first_line
 from classicnets.fileio import atomic_write_bytes
-from classicnets.registry import Preprocessing, create_model
+from classicnets.models.base import unwrap_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import create_model
 
 FORMAT = "classicnets-checkpoint"
 VERSION = 1
@@ -49,8 +51,7 @@ VERSION = 1
 
 def build_checkpoint(model: nn.Module, *, classes: list[str], **extra: Any) -> dict[str, Any]:
     """The checkpoint dict for `model` (built by create_model) plus any training state in `extra`."""
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = unwrap_model(model)  # DistributedDataParallel, torch.compile
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -93,14 +94,12 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise WeightsError(
-            f"{path}: refused: the file contains Python objects that could run code ({first[:160]}); "
+            f"{path}: refused: the file contains Python objects that could run code ({first_line(e)}); "
             "only plain tensors and containers are loaded"
         ) from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: unreadable or truncated weight file ({reason[:160]})") from None
+        raise WeightsError(f"{path}: unreadable or truncated weight file ({first_line(e)})") from None
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
@@ -110,7 +109,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as e:
-        raise WeightsError(f"checkpoint weights do not fit {spec['name']}: {str(e).splitlines()[0]}") from None
+        raise WeightsError(f"checkpoint weights do not fit {spec['name']}: {first_line(e)}") from None
     model.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])  # may differ (Caffe BGR weights)
     model.classes = list(checkpoint["classes"])
     return model

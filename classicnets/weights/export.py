@@ -25,14 +25,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from classicnets import choices
 from classicnets.errors import UsageError, WeightsError
 from classicnets.fileio import atomic_write_bytes
-from classicnets.registry import Preprocessing
+from classicnets.models.base import unwrap_model
+from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights.metadata import build_metadata
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("safetensors", "onnx", "torchscript")
+EXPORT_FORMATS = choices.EXPORT_FORMATS
 SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
 # Opset 18 (ONNX 1.13, 2022): supported by onnxruntime >= 1.14 and what torch.onnx's dynamo exporter targets.
 ONNX_OPSET = 18
@@ -80,8 +82,7 @@ def export(
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if opset < 17:
         raise UsageError(f"ONNX opset {opset} is too old; use 17 or newer")
-    net = getattr(model, "module", model)
-    net = getattr(net, "_orig_mod", net)
+    net = unwrap_model(model)
     if not all(hasattr(net, a) for a in ("model_name", "model_kwargs", "preprocessing")):
         raise UsageError("export needs a model built by create_model or load_weights (it records how to rebuild it)")
     if classes is None:

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from classicnets.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from classicnets.checkpoint import VERSION as CHECKPOINT_VERSION
-from classicnets.checkpoint import load_checkpoint, safe_torch_load
-from classicnets.errors import UsageError, WeightsError
-from classicnets.registry import Preprocessing
+from classicnets.errors import UsageError, WeightsError, first_line
+from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights import caffe
-from classicnets.weights.metadata import build_model, is_ours, model_from_metadata
+from classicnets.weights.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from classicnets.weights.checkpoint import VERSION as CHECKPOINT_VERSION
+from classicnets.weights.checkpoint import load_checkpoint, safe_torch_load
+from classicnets.weights.metadata import empty_model, is_ours, model_from_metadata
 from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state_dict
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _load_caffe(path: Path, model: str | None) -> nn.Module:
         raise WeightsError(f"{path}: Caffe bvlc_alexnet weights fit {caffe.MODEL_NAME} (the 2012 layout), not {model}")
     layers = caffe.read_caffe_npy(path)
     num_classes = caffe.num_classes_of(layers, source=str(path))
-    net = build_model(caffe.MODEL_NAME, {"num_classes": num_classes, **caffe.MODEL_KWARGS}, source=str(path))
+    net = empty_model(caffe.MODEL_NAME, {"num_classes": num_classes, **caffe.MODEL_KWARGS}, source=str(path))
     state = caffe.caffe_state_dict(layers, net.state_dict(), source=str(path))
     load_state_dict_strict(net, state, source=str(path))
     net.preprocessing = caffe.CAFFE_PREPROCESSING
@@ -149,8 +149,7 @@ def _load_safetensors(path: Path, model: str | None) -> nn.Module:
             metadata = f.metadata()
             state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as e:  # SafetensorError, OSError, ... on truncated or garbled files
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: unreadable or truncated safetensors file ({reason})") from None
+        raise WeightsError(f"{path}: unreadable or truncated safetensors file ({first_line(e)})") from None
     if not is_ours(metadata):
         return _from_state_dict(unwrap_state_dict(state, source=str(path)), model, source=str(path))
     net, classes = model_from_metadata(metadata, source=str(path))
@@ -177,7 +176,7 @@ def _from_checkpoint(ckpt: dict[str, Any], model: str | None, *, source: str) ->
         raise WeightsError(f"{source}: damaged checkpoint (no model name)")
     if model is not None and model != spec["name"]:
         raise WeightsError(f"{source}: holds {spec['name']} weights, not {model}")
-    net = build_model(spec["name"], dict(spec.get("kwargs", {})), source=source)
+    net = empty_model(spec["name"], dict(spec.get("kwargs", {})), source=source)
     load_state_dict_strict(net, unwrap_state_dict(ckpt["state_dict"], source=source), source=source)
     try:
         net.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
@@ -205,7 +204,7 @@ def _from_state_dict(
         if aux:
             state = {k: v for k, v in state.items() if k not in set(aux)}
             log.info("dropped the %d auxiliary-head tensors of the googlenet weights (as torchvision does)", len(aux))
-    net = build_model(model, kwargs, source=source)
+    net = empty_model(model, kwargs, source=source)
     head = state.get(f"{net.head}.weight")
     if head is not None and head.dim() == 2 and head.shape[0] != net.num_classes:
         net.reset_classifier(int(head.shape[0]))  # the file's class count; loaded over below

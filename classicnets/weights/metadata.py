@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from classicnets.errors import UsageError, WeightsError
-from classicnets.registry import Preprocessing, create_model
+from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.registry import create_model
 
 TAG = "classicnets-export"
 VERSION = 1
@@ -55,12 +56,12 @@ def model_from_metadata(metadata: dict[str, str], *, source: str) -> tuple[nn.Mo
         raise WeightsError(f"{source}: written by a newer classicnets (format version {version} > {VERSION})")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise WeightsError(f"{source}: damaged classicnets metadata (classes is not a list of names)")
-    model = build_model(name, kwargs, source=source)
+    model = empty_model(name, kwargs, source=source)
     model.preprocessing = preprocessing
     return model, classes
 
 
-def build_model(name: str, kwargs: dict[str, Any], *, source: str) -> nn.Module:
+def empty_model(name: str, kwargs: dict[str, Any], *, source: str) -> nn.Module:
     """create_model on the meta device (shapes only; load_state_dict_strict fills in every tensor) for a name and
     arguments read from a file: a bad name or argument is the file's fault."""
     if not isinstance(name, str) or not isinstance(kwargs, dict):

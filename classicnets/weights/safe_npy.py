@@ -21,7 +21,7 @@ import numpy.lib.format as npy_format
 from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
-from classicnets.errors import WeightsError
+from classicnets.errors import WeightsError, first_line
 
 _LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1"}
 
@@ -73,7 +73,7 @@ def load_pickled_npy(path: str | Path) -> Any:
                 else:  # 2.0 and 3.0 differ from 1.0 only in the header length field (and 3.0 in its encoding)
                     shape, _, dtype = npy_format.read_array_header_2_0(f)
             except Exception as e:  # ValueError, SyntaxError, tokenize.TokenError ... from a damaged header
-                raise WeightsError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
+                raise WeightsError(f"{path}: not a readable .npy file ({first_line(e)})") from None
             if not dtype.hasobject:
                 raise WeightsError(
                     f"{path}: holds a plain {dtype} array of shape {shape}, not the pickled dict of layers "
@@ -85,7 +85,7 @@ def load_pickled_npy(path: str | Path) -> Any:
     except WeightsError:
         raise
     except pickle.UnpicklingError as e:
-        message = _first_line(e)
+        message = first_line(e)
         if message.startswith("refused"):
             raise WeightsError(
                 f"{path}: refused: the pickle inside asks for code ({message}); only dicts, lists, strings, "
@@ -95,12 +95,8 @@ def load_pickled_npy(path: str | Path) -> Any:
     except (EOFError, MemoryError) as e:
         raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__})") from None
     except Exception as e:  # garbled bytes make the unpickler fail in many ways (ValueError, KeyError, struct.error)
-        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {_first_line(e)})") from None
+        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {first_line(e)})") from None
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
         obj = obj.item()  # np.save wraps the dict in a 0-d object array
     return obj
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().encode("ascii", "backslashreplace").decode()  # garbled bytes stay printable
-    return text.splitlines()[0][:160] if text else type(e).__name__

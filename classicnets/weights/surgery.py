@@ -16,6 +16,7 @@ from torch import nn
 
 from classicnets.errors import UsageError
 from classicnets.models.alexnet import AlexNet2012
+from classicnets.models.base import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,9 @@ PAPER_INIT_STD = 0.01
 PAPER_BIAS_ONE = frozenset({"conv2", "conv4", "conv5", "fc6", "fc7"})
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
 def resolve_layer(model: nn.Module, name: str) -> str:
     """The dotted module name for a paper layer name (`fc8`) or a dotted module name (`classifier.6`)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     paper = getattr(model, "layer_names", {})
     if name in paper:
         return paper[name]
@@ -80,7 +76,7 @@ def finetune_surgery(
     frozen, "new_layers": every freshly initialised layer (these plus a head replaced by load_weights)};
     `model.new_layers` is updated for param_groups. Unknown layer names raise UsageError listing the valid ones.
     """
-    net = _unwrap(model)
+    net = unwrap_model(model)
     reinit = [resolve_layer(net, n) for n in _split(skip_layers)]
     freeze_names = [resolve_layer(net, n) for n in _split(freeze)]
     until = resolve_layer(net, freeze_until) if freeze_until else None
@@ -152,7 +148,7 @@ def param_groups(
     """
     if lr <= 0 or head_lr_mult <= 0:
         raise UsageError(f"learning rate and head_lr_mult must be positive, got lr={lr}, head_lr_mult={head_lr_mult}")
-    net = _unwrap(model)
+    net = unwrap_model(model)
     new = list(dict.fromkeys([*(resolve_layer(net, n) for n in _split(new_layers)), *getattr(net, "new_layers", [])]))
     if not new and head_lr_mult != 1.0:
         new = [n for n in (net.head, *getattr(net, "extra_heads", ())) if _exists(net, n)]

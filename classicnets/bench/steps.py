@@ -1,0 +1,93 @@
+"""The ways `bench` runs a model (the default path and the plain-PyTorch baseline) and one step of each:
+a forward pass (inference) or a training step (forward + cross-entropy + backward + SGD step)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classicnets import runtime
+from classicnets.bench.report import PathInfo
+from classicnets.bench.settings import BenchConfig
+from classicnets.models.base import unwrap_model
+from classicnets.models.lrn import use_torch_lrn
+
+# The paper's optimiser (Krizhevsky et al. 2012, section 5); the lr is small so that 100 steps on random data stay
+# finite (NaNs and denormals would time different arithmetic).
+SGD_OPTIONS = {"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
+
+
+@dataclass
+class TimedPath:
+    """One way of running the model: built, placed and stepped."""
+
+    info: PathInfo
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_default_path(base: nn.Module, device: torch.device, cfg: BenchConfig, precision: str) -> TimedPath:
+    model = runtime.prepare_model(base, device, channels_last=cfg.channels_last, compile=cfg.compile)
+    plain = unwrap_model(model)
+    options = runtime.fast_optimizer_options(device)
+    optimizer = torch.optim.SGD(plain.parameters(), **SGD_OPTIONS, **options)
+    info = PathInfo(
+        name="default",
+        precision=precision,
+        channels_last=bool(plain.channels_last),
+        compiled=cfg.compile,
+        lrn="classicnets.LocalResponseNorm" if _has_lrn(plain) else "none",
+        optimizer="SGD(fused)" if options.get("fused") else "SGD",
+    )
+    return TimedPath(info, model, optimizer, lambda x: runtime.to_input_layout(x, model))
+
+
+def build_baseline_path(base: nn.Module, device: torch.device) -> TimedPath:
+    """What a user writes from the PyTorch tutorials: the same weights, eager, fp32, NCHW, torch's LRN."""
+    model = use_torch_lrn(base).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), **SGD_OPTIONS)
+    info = PathInfo(
+        name="baseline",
+        precision="fp32",
+        channels_last=False,
+        compiled=False,
+        lrn="torch.nn.LocalResponseNorm"
+        if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+        else "none",
+        optimizer="SGD",
+    )
+    return TimedPath(info, model, optimizer, lambda x: x)
+
+
+def _has_lrn(model: nn.Module) -> bool:
+    return any(type(m).__name__ == "LocalResponseNorm" for m in model.modules())
+
+
+def infer_step(path: TimedPath, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    x = path.to_input(x)
+    # no_grad rather than inference_mode: compiled models may not be called in inference mode after training.
+    grad_off = torch.no_grad if path.info.compiled else torch.inference_mode
+
+    def step() -> None:
+        with grad_off(), runtime.autocast(device, path.info.precision):
+            path.model(x)
+
+    return step
+
+
+def train_step(path: TimedPath, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    x = path.to_input(x)
+
+    def step() -> None:
+        path.optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast(device, path.info.precision):
+            loss = F.cross_entropy(path.model(x), y)
+        loss.backward()
+        path.optimizer.step()
+
+    return step
