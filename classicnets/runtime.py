@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from classicnets.choices import PRECISIONS
 from classicnets.errors import UsageError
 from classicnets.models.base import unwrap_model
 from classicnets.models.fast_layers import use_fast_cpu_layers
@@ -74,7 +75,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> 'bf16' where the hardware runs it natively (CPUs with AVX-512 BF16/AMX, CUDA from Ampere on),
     else 'fp32'. Explicit 'bf16'/'fp16' on hardware that cannot do them is a usage error (on a CPU without
     native bf16, bf16 still works, emulated and slow, and says so in a warning)."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
+    if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     bf16_ok = native_bf16(device)
     if precision == "bf16" and not bf16_ok and device.type == "cpu":

@@ -34,10 +34,10 @@ def test_prepare_cats_vs_dogs_counts_same_split_for_same_seed_source_untouched(t
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[:4] == [
-        "class   train     val    test   total",
-        "cat       480      60      60     600",
-        "dog       480      60      60     600",
-        "total     960     120     120    1200",
+        "class  train  val  test  total",
+        "cat      480   60    60    600",
+        "dog      480   60    60    600",
+        "total    960  120   120   1200",
     ]
     assert f"linked 1200 files into {tmp_path / 'a'} (0 already there, 0 conflicts, 0 missing)" in out
     splits = find_split_dirs(tmp_path / "a")

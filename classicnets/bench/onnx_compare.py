@@ -55,6 +55,7 @@ def compare_onnxruntime(
     feed = {"input": x[:1].float().cpu().numpy()}
     ours_input = path.to_input(x[:1])
     grad_off = torch.no_grad if path.info.compiled else torch.inference_mode
+
     def ours() -> None:
         with grad_off(), runtime.autocast(device, path.info.precision):
             path.model(ours_input)

@@ -18,6 +18,7 @@ import torch
 
 import classicnets
 from classicnets.process_env import fast_cpu_env_status
+from classicnets.tables import table_lines
 
 # Historical anchors for AlexNet at batch 128 on a Titan X with cuDNN R4 (soumith/convnet-benchmarks, 2016, as
 # quoted in issue 6): (forward ms, forward + backward ms), fp32 and fp16. Printed next to GPU results.
@@ -137,43 +138,23 @@ class BenchReport:
             lines.append(f"matmul peak {p}: {pk['gflops']:.1f} GFLOP/s ({pk['method']})")
         for name, info in self.paths.items():
             lines.append(f"{name} path: {info.describe()}")
-        header = (
-            "batch",
-            "mode",
-            "path",
-            "ms/batch mean ± sd",
-            "median",
-            "images/s",
-            "GFLOP/s",
-            "efficiency",
-            "speed-up",
-        )
-        table = [header]
-        for r in self.rows:
-            table.append(
-                (
-                    str(r.batch_size),
-                    r.mode,
-                    r.path,
-                    f"{r.mean_ms:.1f} ± {r.sd_ms:.1f}",
-                    f"{r.median_ms:.1f}",
-                    f"{r.images_per_s:.1f}",
-                    f"{r.gflops:.1f}",
-                    f"{r.efficiency:.1%} of {r.precision}" if math.isfinite(r.efficiency) else "n/a",
-                    f"{r.speedup:.2f}x" if r.speedup else "",
-                )
+        header = ("batch", "mode", "path", "ms/batch mean ± sd", "median", "images/s", "GFLOP/s", "efficiency",
+                  "speed-up")  # fmt: skip
+        rows = [
+            (
+                r.batch_size,
+                r.mode,
+                r.path,
+                f"{r.mean_ms:.1f} ± {r.sd_ms:.1f}",
+                f"{r.median_ms:.1f}",
+                f"{r.images_per_s:.1f}",
+                f"{r.gflops:.1f}",
+                f"{r.efficiency:.1%} of {r.precision}" if math.isfinite(r.efficiency) else "n/a",
+                f"{r.speedup:.2f}x" if r.speedup else "",
             )
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        lines.append("")
-        for i, row in enumerate(table):
-            lines.append(
-                "  ".join(
-                    cell.rjust(w) if j > 2 else cell.ljust(w)
-                    for j, (cell, w) in enumerate(zip(row, widths, strict=True))
-                ).rstrip()
-            )
-            if i == 0:
-                lines.append("-" * len(lines[-1]))
+            for r in self.rows
+        ]
+        lines += ["", *table_lines(rows, header=header, align="lll" + "r" * 6)]
         lines.append(
             "infer = forward only (eval, no grad); train = forward + cross-entropy + backward + SGD step. "
             "images/s = batch / mean; GFLOP/s = counted FLOPs / mean; efficiency = GFLOP/s / matmul peak."

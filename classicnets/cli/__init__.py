@@ -1,6 +1,7 @@
 """The `classicnets` command: argument parsing only (flags -> one library call -> exit code).
 
-Each group of verbs lives in its own module here and adds its sub-commands through `register(subparsers)`.
+Each command lives in its own module here (cli/train.py for `classicnets train`) and adds its sub-command through
+`register(subparsers, common)`; args.py holds the few argument helpers several commands share.
 Nothing in this package imports torch at module level, so `classicnets --help` and `classicnets CMD --help`
 answer at once; a command's handler imports the library when it runs.
 
@@ -15,10 +16,11 @@ import sys
 from collections.abc import Sequence
 
 from classicnets import __version__
-from classicnets.cli import bench_cmds, data_cmds, inspect_cmds, train_cmds, weights_cmds
+from classicnets.cli import bench, demo, export, import_weights, models, predict, prepare, scan, summary, train
+from classicnets.cli import eval as eval_cmd
 
 # Modules that add sub-commands, in the order `--help` lists them.
-COMMAND_MODULES = [inspect_cmds, data_cmds, train_cmds, weights_cmds, bench_cmds]
+COMMAND_MODULES = [models, summary, prepare, scan, train, eval_cmd, predict, demo, import_weights, export, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from classicnets.choices import BENCH_MODES, PRECISIONS
 from classicnets.errors import UsageError
 
 
@@ -21,10 +22,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--model", required=True, help="model name (see `classicnets models`)")
     p.add_argument("--batch-size", default="32", metavar="N[,N...]", help="batch sizes, e.g. 1,32,128 (default 32)")
-    p.add_argument("--mode", choices=["infer", "train", "both"], default="both", help="what to time (default both)")
+    p.add_argument("--mode", choices=BENCH_MODES, default="both", help="what to time (default both)")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         default="auto",
         help="auto = bf16 where the hardware computes it natively (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else fp32",
     )

@@ -1,16 +1,13 @@
-"""`classicnets import` (Caffe .npy / torchvision .pth -> our checkpoint) and `classicnets export`
-(-> safetensors, ONNX, TorchScript)."""
+"""`classicnets import`: Caffe's bvlc_alexnet.npy, a torchvision .pth or a .safetensors -> a classicnets checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from classicnets.choices import IMPORT_FORMATS
+from classicnets.cli.args import check_output_file
 from classicnets.errors import UsageError
-
-# Mirrors classicnets.weights.FORMATS / EXPORT_FORMATS; kept here so `--help` does not import torch.
-IMPORT_FORMATS = ("auto", "caffe-npy", "torchvision", "safetensors", "classicnets")
-EXPORT_FORMATS = ("safetensors", "onnx", "torchscript")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -30,33 +27,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=run_import)
 
-    p = sub.add_parser(
-        "export",
-        parents=[common],
-        help="write weights as safetensors, ONNX or TorchScript, with preprocessing and class names inside",
-        description="Export a checkpoint (or any file `import` reads) for other tools. The written file is loaded "
-        "back and compared with PyTorch on random inputs at batch sizes 1 and 2 (ONNX: with onnxruntime).",
-    )
-    p.add_argument("--weights", required=True, metavar="W", help="checkpoint or other weight file to export")
-    p.add_argument("--out", required=True, metavar="F", help="file to write (.safetensors, .onnx, .ts)")
-    p.add_argument("--format", choices=EXPORT_FORMATS, help="export format (default: from the --out suffix)")
-    p.add_argument("--model", help="network name, when --weights is a torchvision state dict")
-    p.add_argument("--from", dest="fmt", choices=IMPORT_FORMATS, default="auto", help="format of --weights")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, at least 17)")
-    p.add_argument("--no-verify", action="store_true", help="skip running the exported file against PyTorch")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.set_defaults(handler=run_export)
-
-
-def _check_out(src: str, out: str, force: bool) -> None:
-    src_path, out_path = Path(src), Path(out)
-    if out_path.exists() and src_path.exists() and out_path.resolve() == src_path.resolve():
-        raise UsageError(f"--out {out} is the input file; write the result somewhere else")
-    if out_path.is_dir():
-        raise UsageError(f"--out {out} is a folder; name the file to write")
-    if out_path.exists() and not force:
-        raise UsageError(f"--out {out} exists; pass --force to replace it")
-
 
 def _read_classes(path: str) -> list[str]:
     try:
@@ -67,7 +37,7 @@ def _read_classes(path: str) -> list[str]:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    _check_out(args.src, args.out, args.force)
+    check_output_file(args.src, args.out, args.force)
     classes = _read_classes(args.classes) if args.classes else None
 
     from classicnets.weights import load_weights
@@ -89,19 +59,4 @@ def run_import(args: argparse.Namespace) -> int:
         f"{'' if named else ' (unnamed: pass --classes FILE to name them)'}; input {pre.channel_order} {size}, "
         f"pixels 0-{pre.pixel_scale:g}, mean {list(pre.mean)}, std {list(pre.std)}"
     )
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from classicnets.weights import export, format_from_suffix, load_weights
-
-    fmt = args.format or format_from_suffix(args.out)
-    _check_out(args.weights, args.out, args.force)
-    model = load_weights(args.weights, model=args.model, fmt=args.fmt)
-    result = export(model, args.out, fmt=fmt, verify=not args.no_verify, opset=args.opset)
-    if result.max_abs_diff is not None:
-        check = f"; reloaded output matches PyTorch to max abs {result.max_abs_diff:.2g} at batch sizes 1 and 2"
-    else:
-        check = "; not run against PyTorch" + (" (onnxruntime is not installed)" if not args.no_verify else "")
-    print(f"wrote {args.out} ({fmt}, {result.size_bytes / 1e6:.1f} MB){check}")
     return 0

@@ -1,10 +1,9 @@
-"""`classicnets models` and `classicnets summary`."""
+"""`classicnets models`: every registered model with its parameters, MACs, FLOPs, input size and paper."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 
 from classicnets.errors import UsageError
 
@@ -15,35 +14,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_models)
 
-    p = sub.add_parser(
-        "summary", parents=[common], help="layer-by-layer output shape, params and MACs of a model, then totals"
-    )
-    p.add_argument("model", help="model name (see `classicnets models`)")
-    p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 3x227x227 (default: the model's own)")
-    p.add_argument("--classes", type=int, metavar="N", help="number of classes (default: the model's own)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(handler=run_summary)
-
-
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """'3x227x227' -> (3, 227, 227); '227' or '227x227' -> 3 channels."""
-    parts = re.split(r"[x,× ]+", text.strip().lower())
-    try:
-        dims = [int(p) for p in parts if p]
-    except ValueError:
-        raise UsageError(f"--input {text!r} is not CxHxW, e.g. 3x227x227") from None
-    if len(dims) == 1:
-        dims = [3, dims[0], dims[0]]
-    elif len(dims) == 2:
-        dims = [3, *dims]
-    if len(dims) != 3 or min(dims) < 1:
-        raise UsageError(f"--input {text!r} is not CxHxW with positive sizes, e.g. 3x227x227")
-    return dims[0], dims[1], dims[2]
-
 
 def run_models(args: argparse.Namespace) -> int:
     from classicnets.models.registry import get_model_info, list_models
     from classicnets.models.summary import summarize
+    from classicnets.tables import format_table
 
     names = list_models(args.pattern)
     if not names:
@@ -66,36 +41,11 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'model':<12} {'params':>13} {'MACs':>9} {'FLOPs':>9} {'input':>10} {'min':>4}  paper"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['name']:<12} {r['params']:>13,} {r['macs'] / 1e9:>8.3f}G {r['flops'] / 1e9:>8.3f}G "
-            f"{r['input']:>10} {r['min_input']:>4}  {r['paper']}"
-        )
+    table = [
+        (r["name"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}G", f"{r['flops'] / 1e9:.3f}G", r["input"],
+         r["min_input"], r["paper"])
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(table, header=("model", "params", "MACs", "FLOPs", "input", "min", "paper"), align="lrrrrrl"))
     print("\nMACs = multiply-adds of conv and linear layers for one image at the default input; FLOPs = 2 x MACs.")
-    return 0
-
-
-def run_summary(args: argparse.Namespace) -> int:
-    from classicnets.models.registry import get_model_info
-    from classicnets.models.summary import summarize
-
-    info = get_model_info(args.model)
-    size = parse_input_size(args.input) if args.input else info.input_size
-    if size[0] not in (1, 3):
-        raise UsageError(f"--input has {size[0]} channels; models take 1 (grayscale) or 3 (colour)")
-    if min(size[1:]) < info.min_size:
-        raise UsageError(
-            f"input {size[1]}x{size[2]} is too small for {args.model}: the minimum is {info.min_size}x{info.min_size}"
-        )
-    import torch
-
-    from classicnets.models.registry import create_model
-
-    with torch.device("meta"):
-        model = create_model(args.model, num_classes=args.classes, in_chans=size[0])
-    s = summarize(model, size)
-    print(json.dumps(s.to_dict(), indent=2) if args.json else s.format())
     return 0

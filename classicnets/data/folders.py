@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classicnets import choices
 from classicnets.data.datasets import FileDataset, ImageDataset
 from classicnets.data.decode import is_image_file
 from classicnets.data.idx import find_idx_pair, is_idx_name, open_idx
@@ -22,7 +23,7 @@ from classicnets.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "test")  # what `classicnets prepare --split` writes
+SPLIT_NAMES = choices.SPLIT_NAMES  # what `classicnets prepare --split` writes
 
 
 def is_hidden(name: str) -> bool:

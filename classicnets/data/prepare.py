@@ -21,14 +21,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from classicnets.choices import PREPARE_MODES
 from classicnets.data.datasets import FileDataset
 from classicnets.data.folders import SPLIT_NAMES, find_split_dirs, list_class_folders, stratified_split
 from classicnets.errors import DataError, UsageError
 from classicnets.fileio import atomic_open, atomic_write_text
+from classicnets.tables import format_table
 
 log = logging.getLogger(__name__)
 
-MODES = ("copy", "link", "move")
 PLAN_FILE = "prepare.json"
 PCA_FILE = "pca.json"
 # "cat.5000.jpg" -> "cat", "american_bulldog_10.jpg" -> "american_bulldog", "IMG-0042.png" -> "IMG"
@@ -74,7 +75,7 @@ def prepare_dataset(
 ) -> PrepareReport:
     """Sort and/or split SRC into DST. See the module docstring for the safety rules."""
     src, dst = Path(src).absolute(), Path(dst).absolute()
-    if mode not in MODES:
+    if mode not in PREPARE_MODES:
         raise UsageError(f"unknown mode {mode!r}; use copy, link or move")
     if split is not None and len(split) not in (2, 3):
         raise UsageError("--split takes 2 or 3 fractions: train,val or train,val,test (e.g. 0.8,0.1,0.1)")
@@ -234,15 +235,14 @@ def _pca(src: Path, dst: Path, plan: dict[str, str], dry_run: bool) -> dict:
 def format_counts(report: PrepareReport) -> str:
     """The table of files per class and split that `prepare` prints, with a total row."""
     splits = report.splits
-    cols = [s or "files" for s in splits] + (["total"] if len(splits) > 1 else [])
-    width = max([5, *(len(c) for c in report.counts)])
-    lines = [f"{'class':<{width}}" + "".join(f" {c:>7}" for c in cols)]
+    several = len(splits) > 1
+    header = ["class", *(s or "files" for s in splits), *(["total"] if several else [])]
+    rows = []
     totals = dict.fromkeys(splits, 0)
-    for label, by_split in sorted(report.counts.items()):
-        row = [by_split[s] for s in splits]
-        for s in splits:
-            totals[s] += by_split[s]
-        lines.append(f"{label:<{width}}" + "".join(f" {n:>7}" for n in row + ([sum(row)] if len(splits) > 1 else [])))
-    row = [totals[s] for s in splits]
-    lines.append(f"{'total':<{width}}" + "".join(f" {n:>7}" for n in row + ([sum(row)] if len(splits) > 1 else [])))
-    return "\n".join(lines)
+    for label, by_split in [*sorted(report.counts.items()), ("total", totals)]:
+        counts = [by_split[s] for s in splits]
+        if label != "total":
+            for s in splits:
+                totals[s] += by_split[s]
+        rows.append([label, *counts, *([sum(counts)] if several else [])])
+    return format_table(rows, header=header, align="l" + "r" * (len(header) - 1), rule="")

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from classicnets.choices import AUGMENTATIONS
 from classicnets.errors import UsageError
 from classicnets.models.preprocessing import Preprocessing
 
-RECIPES = ("paper", "modern", "none")
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -134,8 +134,8 @@ class ImageTransform:
     """
 
     def __init__(self, preprocessing: Preprocessing, *, train: bool, recipe: str = "paper", ten_crop: bool = False):
-        if recipe not in RECIPES:
-            raise UsageError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+        if recipe not in AUGMENTATIONS:
+            raise UsageError(f"unknown recipe {recipe!r}; use one of {', '.join(AUGMENTATIONS)}")
         if ten_crop and train:
             raise UsageError("ten_crop is an evaluation transform; use it with train=False")
         if preprocessing.interpolation not in RESAMPLE:

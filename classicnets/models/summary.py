@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from classicnets.models.registry import create_model, get_model_info
+from classicnets.tables import table_lines
 
 
 @dataclass
@@ -51,18 +52,13 @@ class ModelSummary:
 
     def format(self) -> str:
         """A fixed-width table, then the totals."""
-        table = [("Layer", "Type", "Output shape", "Params", "MACs")]
-        table += [(r.name, r.type, _shape(r.output_shape), f"{r.params:,}", f"{r.macs:,}") for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(5)]
-        right = (False, False, False, True, True)
-
-        def line(row: tuple[str, ...]) -> str:
-            cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
-            return "  ".join(cells).rstrip()
-
-        rule = "-" * len(line(table[0]))
-        out = [f"{self.model}: input {_shape(self.input_size)}, {self.num_classes} classes", rule, line(table[0]), rule]
-        out += [line(r) for r in table[1:]]
+        lines = table_lines(
+            [(r.name, r.type, _shape(r.output_shape), f"{r.params:,}", f"{r.macs:,}") for r in self.rows],
+            header=("Layer", "Type", "Output shape", "Params", "MACs"),
+            align="lllrr",
+        )
+        rule = lines[1]
+        out = [f"{self.model}: input {_shape(self.input_size)}, {self.num_classes} classes", rule, *lines]
         out += [
             rule,
             f"Total params:          {self.total_params:>15,}",

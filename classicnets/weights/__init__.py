@@ -10,16 +10,14 @@ fine-tuning surgery, and export to safetensors, ONNX and TorchScript.
     export.py      export(model, path, fmt=safetensors|onnx|torchscript)
 """
 
-from classicnets.weights.export import EXPORT_FORMATS, ExportResult, export, format_from_suffix
-from classicnets.weights.load import FORMATS, detect_format, imagenet_classes, load_weights, replace_head
+from classicnets.weights.export import ExportResult, export, format_from_suffix
+from classicnets.weights.load import detect_format, imagenet_classes, load_weights, replace_head
 from classicnets.weights.surgery import finetune_surgery, param_groups, resolve_layer
 
 __all__ = [
-    "EXPORT_FORMATS",
     "ExportResult",
     "export",
     "format_from_suffix",
-    "FORMATS",
     "detect_format",
     "finetune_surgery",
     "imagenet_classes",

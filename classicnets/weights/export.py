@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classicnets import choices
+from classicnets.choices import EXPORT_FORMATS
 from classicnets.errors import UsageError, WeightsError
 from classicnets.fileio import atomic_write_bytes
 from classicnets.models.base import unwrap_model
@@ -34,7 +34,6 @@ from classicnets.weights.metadata import build_metadata
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = choices.EXPORT_FORMATS
 SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript"}
 # Opset 18 (ONNX 1.13, 2022): supported by onnxruntime >= 1.14 and what torch.onnx's dynamo exporter targets.
 ONNX_OPSET = 18

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from classicnets.choices import IMPORT_FORMATS
 from classicnets.errors import UsageError, WeightsError, first_line
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights import caffe
@@ -32,7 +33,6 @@ from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "classicnets", "caffe-npy", "torchvision", "safetensors")
 IMAGENET_CLASSES = 1000
 
 
@@ -91,8 +91,8 @@ def load_weights(
     class count the head is replaced by a new one (logged) and `.classes` becomes None.
     Any problem with the file raises WeightsError, one line naming the file (and layer, with both shapes).
     """
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in IMPORT_FORMATS:
+        raise UsageError(f"unknown weight format {fmt!r}; choose one of {', '.join(IMPORT_FORMATS)}")
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"num_classes must be at least 1, got {num_classes}")
     path = Path(path)

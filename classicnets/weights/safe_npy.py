@@ -99,4 +99,3 @@ def load_pickled_npy(path: str | Path) -> Any:
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
         obj = obj.item()  # np.save wraps the dict in a 0-d object array
     return obj
-
