@@ -28,6 +28,7 @@ from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_in
 from classicnets.bench.settings import BenchConfig
 from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, infer_step, train_step
 from classicnets.bench.timing import Stats, time_interleaved
+from classicnets.models.base import unwrap_model
 from classicnets.models.registry import create_model, get_model_info
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,10 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
 
     generator = torch.Generator().manual_seed(cfg.seed)
     for batch in cfg.batch_sizes:
-        torch.manual_seed(cfg.seed)
-        base = create_model(cfg.model, num_classes=cfg.num_classes)
-        baseline_model = None
-        if cfg.baseline:
-            baseline_model = create_model(cfg.model, num_classes=cfg.num_classes)
-            baseline_model.load_state_dict(base.state_dict())  # the same weights, so the same arithmetic
-        paths = [build_default_path(base, device, cfg, precision)]
-        if baseline_model is not None:
-            paths.append(build_baseline_path(baseline_model, device))
+        paths = _build_paths(cfg, device, precision)
         report.paths = {p.info.name: p.info for p in paths}
         x = torch.randn(batch, *input_size, generator=generator).to(device)
-        num_classes = cfg.num_classes or base.num_classes
+        num_classes = cfg.num_classes or unwrap_model(paths[0].model).num_classes
         y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
         for mode in cfg.modes:
             _set_mode(paths, mode)
@@ -110,7 +103,7 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             from classicnets.bench.data_feed import time_data_loader
 
             report.data.append(time_data_loader(paths[0], cfg, batch, device, quiet=quiet))
-        del paths, base, baseline_model, steps
+        del paths, steps
         gc.collect()
 
     # Measured again after the timings: the peak is the best of before, between and after, so a burst of load
@@ -124,6 +117,18 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         _set_efficiency(row, peaks)
     report.finish()
     return report
+
+
+def _build_paths(cfg: BenchConfig, device: torch.device, precision: str) -> list[TimedPath]:
+    """The default path and, with cfg.baseline, the baseline, starting from the same weights (same arithmetic)."""
+    torch.manual_seed(cfg.seed)
+    base = create_model(cfg.model, num_classes=cfg.num_classes)
+    paths = []
+    if cfg.baseline:
+        baseline_model = create_model(cfg.model, num_classes=cfg.num_classes)
+        baseline_model.load_state_dict(base.state_dict())
+        paths.append(build_baseline_path(baseline_model, device))
+    return [build_default_path(base, device, cfg, precision), *paths]
 
 
 def _row(batch: int, mode: str, path: PathInfo, stats: Stats, flops: int, peaks: dict[str, Peak]) -> ResultRow:

@@ -21,6 +21,16 @@ from classicnets.errors import UsageError, first_line
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
+# Scalar field types -> (accepts the value?, converts it). bool is an int subclass in Python, so it is excluded
+# explicitly: `epochs: true` in a recipe is a mistake, not 1.
+_SCALARS: dict[type, tuple[typing.Callable[[Any], bool], typing.Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+}
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against a field's type; ints are accepted for floats, and a single string for a list."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -29,18 +39,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
+    if annotation in _SCALARS:
+        accepts, convert = _SCALARS[annotation]
+        if accepts(value):
+            return convert(value)
     elif origin is list:
         if isinstance(value, str) and args[0] is str:
             value = [v for v in value.split(",") if v]

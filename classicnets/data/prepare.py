@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from classicnets.choices import PREPARE_MODES
 from classicnets.data.datasets import FileDataset
-from classicnets.data.folders import SPLIT_NAMES, find_split_dirs, list_class_folders, stratified_split
+from classicnets.data.folders import (
+    SPLIT_NAMES,
+    FolderListing,
+    find_split_dirs,
+    list_class_folders,
+    stratified_split,
+)
 from classicnets.errors import DataError, UsageError
 from classicnets.fileio import atomic_open, atomic_write_text
 from classicnets.tables import format_table
@@ -75,18 +81,7 @@ def prepare_dataset(
 ) -> PrepareReport:
     """Sort and/or split SRC into DST. See the module docstring for the safety rules."""
     src, dst = Path(src).absolute(), Path(dst).absolute()
-    if mode not in PREPARE_MODES:
-        raise UsageError(f"unknown mode {mode!r}; use copy, link or move")
-    if split is not None and len(split) not in (2, 3):
-        raise UsageError("--split takes 2 or 3 fractions: train,val or train,val,test (e.g. 0.8,0.1,0.1)")
-    if not by_prefix and split is None:
-        raise UsageError("nothing to do: pass --by-prefix to sort a flat folder, --split to split, or both")
-    if not src.is_dir():
-        raise DataError(f"{src}: no such folder")
-    if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
-        raise UsageError(f"DST {dst} and SRC {src} must not be inside one another; choose a separate DST")
-    if find_split_dirs(src):
-        raise DataError(f"{src} is already split into {', '.join(find_split_dirs(src))}; nothing to prepare")
+    _check_request(src, dst, by_prefix=by_prefix, split=split, mode=mode)
     splits = list(SPLIT_NAMES[: len(split)]) if split else [""]
     settings = {"src": str(src), "by_prefix": by_prefix, "split": split, "seed": seed}
     plan = _load_plan(dst, settings) or _make_plan(src, by_prefix, split, seed, splits)
@@ -106,40 +101,62 @@ def prepare_dataset(
     return report
 
 
+def _check_request(src: Path, dst: Path, *, by_prefix: bool, split: list[float] | None, mode: str) -> None:
+    if mode not in PREPARE_MODES:
+        raise UsageError(f"unknown mode {mode!r}; use copy, link or move")
+    if split is not None and len(split) not in (2, 3):
+        raise UsageError("--split takes 2 or 3 fractions: train,val or train,val,test (e.g. 0.8,0.1,0.1)")
+    if not by_prefix and split is None:
+        raise UsageError("nothing to do: pass --by-prefix to sort a flat folder, --split to split, or both")
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder")
+    if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
+        raise UsageError(f"DST {dst} and SRC {src} must not be inside one another; choose a separate DST")
+    if find_split_dirs(src):
+        raise DataError(f"{src} is already split into {', '.join(find_split_dirs(src))}; nothing to prepare")
+
+
 def _make_plan(src: Path, by_prefix: bool, split: list[float] | None, seed: int, splits: list[str]) -> dict[str, str]:
     """{destination relative to DST: source relative to SRC}, in a stable order."""
     listing = list_class_folders(src)
-    items: list[tuple[str, str]] = []  # (class, path relative to its class folder or to SRC)
-    if by_prefix:
-        if not listing.loose_images:
-            raise DataError(f"{src}: no images at its top level to sort by name prefix (is it already sorted?)")
-        if listing.classes:
-            log.warning("--by-prefix sorts the %d images at the top of %s; its %d sub-folders are ignored",
-                        len(listing.loose_images), src, len(listing.classes))  # fmt: skip
-        items = sorted((class_from_name(p.name), p.name) for p in listing.loose_images)
-        rel_src = {(c, name): name for c, name in items}
-    else:
-        if not listing.classes:
-            hint = " (flat folder of cat.1.jpg-style names? add --by-prefix)" if listing.loose_images else ""
-            raise DataError(f"{src}: no class folders to split{hint}")
-        for name in listing.empty_classes:
-            log.warning("class folder %s is empty; it will not appear in DST", src / name)
-        rel_src = {}
-        for name, files in listing.classes.items():
-            for p in files:
-                inner = str(p.relative_to(src / name))
-                items.append((name, inner))
-                rel_src[(name, inner)] = f"{name}/{inner}"
-    classes = sorted({c for c, _ in items})
+    items = _items_by_prefix(src, listing) if by_prefix else _items_in_class_folders(src, listing)
+    rel_src = dict(items)
+    keys = list(rel_src)  # (class, path inside the class), sorted
+    classes = sorted({c for c, _ in keys})
     if split is None:
-        return {f"{c}/{inner}": rel_src[(c, inner)] for c, inner in items}
-    parts = stratified_split([classes.index(c) for c, _ in items], split, seed=seed)
+        return {f"{c}/{inner}": rel_src[(c, inner)] for c, inner in keys}
+    parts = stratified_split([classes.index(c) for c, _ in keys], split, seed=seed)
     plan = {}
     for split_name, indices in zip(splits, parts, strict=True):
         for i in indices:
-            c, inner = items[i]
+            c, inner = keys[i]
             plan[f"{split_name}/{c}/{inner}"] = rel_src[(c, inner)]
     return dict(sorted(plan.items(), key=lambda kv: (SPLIT_NAMES.index(kv[0].split("/")[0]), kv[0])))
+
+
+def _items_by_prefix(src: Path, listing: FolderListing) -> list[tuple[tuple[str, str], str]]:
+    """((class from the name, file name), path in SRC) for the images at SRC's top level."""
+    if not listing.loose_images:
+        raise DataError(f"{src}: no images at its top level to sort by name prefix (is it already sorted?)")
+    if listing.classes:
+        log.warning("--by-prefix sorts the %d images at the top of %s; its %d sub-folders are ignored",
+                    len(listing.loose_images), src, len(listing.classes))  # fmt: skip
+    return sorted(((class_from_name(p.name), p.name), p.name) for p in listing.loose_images)
+
+
+def _items_in_class_folders(src: Path, listing: FolderListing) -> list[tuple[tuple[str, str], str]]:
+    """((class, path inside its class folder), path in SRC) for every image in SRC's class folders."""
+    if not listing.classes:
+        hint = " (flat folder of cat.1.jpg-style names? add --by-prefix)" if listing.loose_images else ""
+        raise DataError(f"{src}: no class folders to split{hint}")
+    for name in listing.empty_classes:
+        log.warning("class folder %s is empty; it will not appear in DST", src / name)
+    items = []
+    for name, files in listing.classes.items():
+        for p in files:
+            inner = str(p.relative_to(src / name))
+            items.append(((name, inner), f"{name}/{inner}"))
+    return items
 
 
 def _load_plan(dst: Path, settings: dict) -> dict[str, str] | None:

@@ -137,39 +137,14 @@ def open_resume(
     number of processes may change at an epoch boundary (the global batch changes with it); a run stopped in the
     middle of an epoch must continue with as many processes as it had.
     """
-    if resume is True:
-        if not overrides.get("out"):
-            raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
-        path = Path(overrides["out"])
-    else:
-        path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = _last_checkpoint_path(resume, overrides)
     ckpt = load_checkpoint(path)
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise WeightsError(f"{path}: holds no training state ({', '.join(missing)}); resume from a run's last.pt")
     saved = resolve_config(ckpt["config"])
-    out = overrides.pop("out", None)
-    if out and Path(out).resolve() != path.parent.resolve():
-        raise UsageError(f"--out {out} differs from the run being resumed ({path.parent}); drop --out")
-    if overrides.get("data"):
-        overrides["data"] = str(Path(overrides["data"]).resolve())
-    requested = resolve_config(ckpt["config"], overrides=overrides, settings=settings)
-    changed = [
-        f"{s}.{k}"
-        for s, section in saved.to_dict().items()
-        for k in section
-        if saved.get(f"{s}.{k}") != requested.get(f"{s}.{k}") and f"{s}.{k}" not in RESUME_MAY_CHANGE
-    ]
-    if changed:
-        key = changed[0]
-        raise UsageError(
-            f"cannot change {key} when resuming (the run has {saved.get(key)!r}, asked {requested.get(key)!r}); "
-            f"start a new run with --weights {path} instead"
-        )
+    requested = _resumed_config(saved, path, overrides, settings)
     cfg = requested
-    cfg.train.out = str(path.parent)
     device, precision = _runtime(cfg)
     if (str(device), precision) != (saved.train.device, saved.train.precision):
         log.warning(
@@ -205,6 +180,41 @@ def open_resume(
         resume_from=ckpt,
         samplers=samplers,
     )
+
+
+def _last_checkpoint_path(resume: str | Path | bool, overrides: dict[str, Any]) -> Path:
+    """The last.pt that --resume names: a run folder or a file; True means the folder given by --out."""
+    if resume is True:
+        if not overrides.get("out"):
+            raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
+        path = Path(overrides["out"])
+    else:
+        path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def _resumed_config(saved: Config, path: Path, overrides: dict[str, Any], settings) -> Config:
+    """The saved config with the flags applied; a key outside RESUME_MAY_CHANGE that differs is refused."""
+    out = overrides.pop("out", None)
+    if out and Path(out).resolve() != path.parent.resolve():
+        raise UsageError(f"--out {out} differs from the run being resumed ({path.parent}); drop --out")
+    if overrides.get("data"):
+        overrides["data"] = str(Path(overrides["data"]).resolve())
+    requested = resolve_config(saved, overrides=overrides, settings=settings)
+    changed = [
+        f"{s}.{k}"
+        for s, section in saved.to_dict().items()
+        for k in section
+        if saved.get(f"{s}.{k}") != requested.get(f"{s}.{k}") and f"{s}.{k}" not in RESUME_MAY_CHANGE
+    ]
+    if changed:
+        key = changed[0]
+        raise UsageError(
+            f"cannot change {key} when resuming (the run has {saved.get(key)!r}, asked {requested.get(key)!r}); "
+            f"start a new run with --weights {path} instead"
+        )
+    requested.train.out = str(path.parent)
+    return requested
 
 
 def _check_world_size(ctx: DistContext, saved: int, state: Progress, path: Path, batch_size: int) -> None:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from trainkit import digit_folders, digit_idx, is_png
 
 from classicnets.config import resolve_config
 from classicnets.errors import UsageError, WeightsError
@@ -22,15 +21,15 @@ from classicnets.weights.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, digit_kit):
     """200 real digits (20 per class) as IDX files: the in-memory loader."""
-    return digit_idx(tmp_path_factory.mktemp("digits"), per_class=20)
+    return digit_kit.idx(tmp_path_factory.mktemp("digits"), per_class=20)
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def photos(tmp_path_factory, digit_kit):
     """48 RGB PNG digits in class folders (3/, 7/): decoded by DataLoader workers, random crops, flips, PCA noise."""
-    return digit_folders(tmp_path_factory.mktemp("photos"), per_class=24, rgb=True)
+    return digit_kit.folders(tmp_path_factory.mktemp("photos"), per_class=24, rgb=True)
 
 
 def quick(data, out, **kw):
@@ -45,7 +44,7 @@ def finished_run(digits, tmp_path_factory):
     return quick(digits, tmp_path_factory.mktemp("run") / "run")
 
 
-def test_run_folder_holds_everything_the_issue_lists(finished_run, digits):
+def test_run_folder_holds_everything_the_issue_lists(finished_run, digits, is_png):
     run = finished_run.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
         "accuracy.png", "best.pt", "classes.json", "config.yaml", "confusion_matrix.png", "last.pt", "loss.png",

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainkit import digit_idx, shipped_digits, write_idx
 
 from classicnets.config import resolve_config
 from classicnets.errors import UsageError
@@ -33,7 +32,7 @@ from classicnets.training.start import open_resume, start_trainer
 from classicnets.training.trainer import Trainer
 from classicnets.weights.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Plain SGD steps without momentum or weight decay: the update is the averaged gradient, nothing else.
 SGD = ["--optimizer", "sgd", "--lr", "0.1", "--set", "optim.momentum=0", "--set", "optim.weight_decay=0",
        "--schedule", "constant"]  # fmt: skip
@@ -113,12 +112,12 @@ def our_tracebacks(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, digit_kit) -> Path:
     """A prepared folder: train/ with 40 digits (4 per class: 5 global batches of 8) and val/ with 11 digits."""
     root = tmp_path_factory.mktemp("ddp_data")
-    digit_idx(root / "train", per_class=4)
-    images, labels = shipped_digits("test")
-    write_idx(root / "val", "val", images[:11], labels[:11])
+    digit_kit.idx(root / "train", per_class=4)
+    images, labels = digit_kit.shipped("test")
+    digit_kit.write_idx(root / "val", "val", images[:11], labels[:11])
     return root
 
 
@@ -294,11 +293,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_dead_process_leaves_no_dataloader_worker_behind(tmp_path):
+def test_a_dead_process_leaves_no_dataloader_worker_behind(tmp_path, digit_kit):
     """Photo folders decoded by a DataLoader worker in each training process: kill process 1 mid-run."""
-    from trainkit import digit_folders
-
-    photos = digit_folders(tmp_path / "photos", per_class=40)
+    photos = digit_kit.folders(tmp_path / "photos", per_class=40)
     command = torchrun_command("--data", str(photos), "--epochs", "1000", "--batch-size", "4", "--workers", "1",
                                "--out", "run")  # fmt: skip
     with started(command, tmp_path) as proc:

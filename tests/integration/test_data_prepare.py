@@ -15,7 +15,6 @@ from classicnets.data import find_split_dirs, open_dataset
 from classicnets.data.prepare import class_from_name, prepare_dataset
 from classicnets.data.scan import scan_folder
 from classicnets.errors import DataError, UsageError
-from tests.conftest import shared_data
 
 
 def snapshot(folder):
@@ -27,7 +26,7 @@ def files(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
 
 
-def test_prepare_cats_vs_dogs_counts_same_split_for_same_seed_source_untouched(tmp_path, capsys):
+def test_prepare_cats_vs_dogs_counts_same_split_for_same_seed_source_untouched(tmp_path, capsys, shared_data):
     src = shared_data("cats-vs-dogs-sample")
     before = snapshot(src)
     code = main(["prepare", str(src), str(tmp_path / "a"), "--by-prefix", "--split", "0.8,0.1,0.1", "--link"])

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-from trainkit import is_png, shipped_digits
 
 from classicnets.cli import main
 
@@ -15,9 +14,9 @@ TRAIN_PER_CLASS = [784, 908, 826, 808, 786, 714, 766, 822, 779, 807]
 TEST_PER_CLASS = [196, 227, 206, 202, 196, 178, 192, 206, 195, 202]
 
 
-def test_shipped_digits_are_the_documented_split():
-    train_images, train_labels = shipped_digits("train")
-    test_images, test_labels = shipped_digits("test")
+def test_shipped_digits_are_the_documented_split(digit_kit):
+    train_images, train_labels = digit_kit.shipped("train")
+    test_images, test_labels = digit_kit.shipped("test")
     assert train_images.shape == (8000, 28, 28) and test_images.shape == (2000, 28, 28)
     assert np.bincount(train_labels).tolist() == TRAIN_PER_CLASS
     assert np.bincount(test_labels).tolist() == TEST_PER_CLASS
@@ -32,7 +31,7 @@ def run_demo(capsys, tmp_path, *extra):
     return code, out, accuracy
 
 
-def test_demo_writes_the_run_folder_pictures_and_predictions(capsys, tmp_path):
+def test_demo_writes_the_run_folder_pictures_and_predictions(capsys, tmp_path, is_png):
     code, out, accuracy = run_demo(capsys, tmp_path, "--epochs", "1")
     run = tmp_path / "demo"
     assert code == 0 and accuracy >= 90.0  # one epoch of the recipe already gets most digits right

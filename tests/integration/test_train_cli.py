@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-from trainkit import digit_folders, digit_idx
 
 from classicnets.cli import main
 from classicnets.models.registry import create_model
@@ -23,8 +22,8 @@ FAST = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "--threads", "
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return digit_folders(tmp_path_factory.mktemp("folders"), per_class=10)
+def folders(tmp_path_factory, digit_kit):
+    return digit_kit.folders(tmp_path_factory.mktemp("folders"), per_class=10)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +40,11 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-def bad_inputs(tmp_path, lenet_checkpoint, folders):
+def bad_inputs(tmp_path, lenet_checkpoint, folders, digit_kit):
     empty = tmp_path / "empty"
     empty.mkdir()
-    one = digit_folders(tmp_path / "one", per_class=3, classes=("3",))
-    hole = digit_folders(tmp_path / "hole", per_class=3, classes=("3", "7"))
+    one = digit_kit.folders(tmp_path / "one", per_class=3, classes=("3",))
+    hole = digit_kit.folders(tmp_path / "hole", per_class=3, classes=("3", "7"))
     (hole / "cats").mkdir()
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(lenet_checkpoint.read_bytes()[:3000])
@@ -65,8 +64,10 @@ def bad_inputs(tmp_path, lenet_checkpoint, folders):
     ]
 
 
-def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(capsys, tmp_path, lenet_checkpoint, folders):
-    for argv, code, message in bad_inputs(tmp_path, lenet_checkpoint, folders):
+def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(
+    capsys, tmp_path, lenet_checkpoint, folders, digit_kit
+):
+    for argv, code, message in bad_inputs(tmp_path, lenet_checkpoint, folders, digit_kit):
         out_dir = tmp_path / "run"
         got, out, err = run_cli(capsys, "train", *FAST, "--out", out_dir, *argv)  # argv last: its --device wins
         assert (got, out) == (code, ""), (argv, err)
@@ -75,8 +76,8 @@ def test_bad_input_is_one_line_with_its_exit_code_and_writes_nothing(capsys, tmp
         assert not out_dir.exists(), argv  # checked before the run folder is made
 
 
-def test_allow_empty_keeps_an_empty_class_folder_as_a_class_in_train_and_eval(capsys, tmp_path):
-    hole = digit_folders(tmp_path / "hole", per_class=6, classes=("3", "7"))
+def test_allow_empty_keeps_an_empty_class_folder_as_a_class_in_train_and_eval(capsys, tmp_path, digit_kit):
+    hole = digit_kit.folders(tmp_path / "hole", per_class=6, classes=("3", "7"))
     (hole / "cats").mkdir()
     code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--data", hole, "--out", tmp_path / "refused", *FAST)
     assert code == 1 and f"empty class folder {hole / 'cats'}: add images, remove it, or pass --allow-empty" in err
@@ -139,12 +140,12 @@ def start_training(tmp_path, data, out, *extra):
         pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
     ],
 )
-def test_a_signal_finishes_the_step_saves_and_exits(tmp_path, signum, code):
+def test_a_signal_finishes_the_step_saves_and_exits(tmp_path, signum, code, digit_kit):
     out = tmp_path / "run"
     if signum == signal.SIGTERM:
-        proc = start_training(tmp_path, digit_idx(tmp_path / "digits", per_class=20), out)
+        proc = start_training(tmp_path, digit_kit.idx(tmp_path / "digits", per_class=20), out)
     else:
-        proc = start_training(tmp_path, digit_folders(tmp_path / "pngs", per_class=40), out, "--workers", "2")
+        proc = start_training(tmp_path, digit_kit.folders(tmp_path / "pngs", per_class=40), out, "--workers", "2")
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)  # wait for the first epoch's checkpoint: training is under way

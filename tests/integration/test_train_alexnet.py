@@ -7,18 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from trainkit import is_png
 
 from classicnets.cli import main
 from classicnets.weights.checkpoint import load_checkpoint
-from tests.conftest import shared_data
 
 PER_CLASS = 12
-PAPER_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "alexnet2012_paper.yaml"  # the top-level folder
+PAPER_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "alexnet2012_paper.yaml"  # the top-level folder
 
 
 @pytest.mark.slow
-def test_prepare_train_eval_ten_crop_and_predict_grid_on_cats_and_dogs(tmp_path, capsys):
+def test_prepare_train_eval_ten_crop_and_predict_grid_on_cats_and_dogs(tmp_path, capsys, is_png, shared_data):
     source = shared_data("cats-vs-dogs-sample")
     flat = tmp_path / "download"
     flat.mkdir()

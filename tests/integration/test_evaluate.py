@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from trainkit import digit_folders, digit_idx, is_png, shipped_digits
 
 from classicnets.cli import main
 from classicnets.inference.evaluation import evaluate
@@ -20,18 +19,18 @@ PER_CLASS = 10
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, digit_kit):
     """best.pt of a short LeNet-5 run on 300 real digits (good, not perfect: some mistakes to report)."""
     root = tmp_path_factory.mktemp("eval")
-    data = digit_idx(root / "train", per_class=30)
+    data = digit_kit.idx(root / "train", per_class=30)
     result = fit("lenet5", data, config="lenet5_digits", epochs=2, batch_size=32, out=str(root / "run"),
                  device="cpu", precision="fp32", threads=1)  # fmt: skip
     return result.best_checkpoint
 
 
 @pytest.fixture(scope="module")
-def test_digits(tmp_path_factory):
-    return digit_idx(tmp_path_factory.mktemp("test"), per_class=PER_CLASS, split="test")
+def test_digits(tmp_path_factory, digit_kit):
+    return digit_kit.idx(tmp_path_factory.mktemp("test"), per_class=PER_CLASS, split="test")
 
 
 def direct_logits(checkpoint, images: torch.Tensor, *, mirror: bool = False) -> torch.Tensor:
@@ -61,9 +60,9 @@ def test_topk_and_confusion_matrix_counts():
     ]  # fmt: skip
 
 
-def test_centre_crop_and_ten_crop_match_a_direct_computation(trained, test_digits, tmp_path):
+def test_centre_crop_and_ten_crop_match_a_direct_computation(trained, test_digits, tmp_path, digit_kit, is_png):
     report = evaluate(trained, test_digits, ten_crop=True, device="cpu", precision="fp32", out=tmp_path)
-    images, labels = shipped_digits("test")
+    images, labels = digit_kit.shipped("test")
     index = [int(i) for c in range(10) for i in (labels == c).nonzero()[0][:PER_CLASS]]
     images, labels = torch.from_numpy(images[index]), torch.from_numpy(labels[index]).long()
     logits = direct_logits(trained, images)
@@ -89,8 +88,8 @@ def test_centre_crop_and_ten_crop_match_a_direct_computation(trained, test_digit
     assert json.loads((tmp_path / "eval.json").read_text())["ten_crop"]["top1"] == ten["top1"]
 
 
-def test_class_folders_are_matched_to_the_model_by_name(trained, tmp_path):
-    folders = digit_folders(tmp_path / "two", per_class=6, classes=("3", "7"), split="test")
+def test_class_folders_are_matched_to_the_model_by_name(trained, tmp_path, digit_kit):
+    folders = digit_kit.folders(tmp_path / "two", per_class=6, classes=("3", "7"), split="test")
     report = evaluate(trained, folders, device="cpu")
     per_class = {c["class"]: c for c in report.metrics()["per_class"]}
     assert report.images == 12 and per_class["3"]["count"] == per_class["7"]["count"] == 6
@@ -98,7 +97,7 @@ def test_class_folders_are_matched_to_the_model_by_name(trained, tmp_path):
     assert sum(sum(row) for row in report.metrics()["confusion_matrix"]) == 12
 
 
-def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path):
+def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path, digit_kit):
     code = main(["eval", "--weights", str(trained), "--data", str(test_digits), "--ten-crop", "--quiet",
                  "--out", str(tmp_path / "e")])  # fmt: skip
     out = capsys.readouterr().out
@@ -111,7 +110,7 @@ def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path)
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and set(data) >= {"center", "classes", "images", "pictures"} and "ten_crop" not in data
     assert (trained.parent / "eval" / "confusion_matrix.png").is_file()  # default: eval/ beside the weights
-    other = digit_folders(tmp_path / "letters", per_class=2, names=("a", "b"))
+    other = digit_kit.folders(tmp_path / "letters", per_class=2, names=("a", "b"))
     code = main(["eval", "--weights", str(trained), "--data", str(other)])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "classes a, b are not among the model's 10 classes" in err

@@ -15,7 +15,6 @@ from PIL import Image
 from classicnets.data import find_split_dirs, open_dataset, read_idx, stratified_split
 from classicnets.data.folders import split_counts
 from classicnets.errors import DataError, UsageError
-from tests.conftest import shared_data
 
 # Digit counts of the MNIST test set (t10k-labels-idx1-ubyte), computed once from the file and pinned here.
 MNIST_TEST_COUNTS = {0: 980, 1: 1135, 2: 1032, 3: 1010, 4: 982, 5: 892, 6: 958, 7: 1028, 8: 974, 9: 1009}
@@ -27,7 +26,7 @@ def write_image(path, size=(12, 10), color=(200, 30, 30), mode="RGB"):
     return path
 
 
-def test_mnist_idx_parses_with_known_label_counts():
+def test_mnist_idx_parses_with_known_label_counts(shared_data):
     ds = open_dataset(shared_data("mnist"))
     assert ds.images.shape == (10000, 28, 28) and ds.images.dtype == torch.uint8
     assert dict(collections.Counter(ds.targets)) == MNIST_TEST_COUNTS

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from trainkit import digit_folders, is_png, shipped_digits
 
 import classicnets.inference.plots
 from classicnets.cli import main
@@ -28,16 +27,16 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pngs(tmp_path_factory):
-    return digit_folders(tmp_path_factory.mktemp("pngs"), per_class=3, classes=("1", "4"), split="test")
+def pngs(tmp_path_factory, digit_kit):
+    return digit_kit.folders(tmp_path_factory.mktemp("pngs"), per_class=3, classes=("1", "4"), split="test")
 
 
-def test_probabilities_follow_the_stored_preprocessing_and_sum_to_one(weights, pngs):
+def test_probabilities_follow_the_stored_preprocessing_and_sum_to_one(weights, pngs, digit_kit):
     path, model = weights
     results = predict(path, [pngs], topk=3, device="cpu", precision="fp32")
     files = sorted(str(p) for p in pngs.rglob("*.png"))
     assert [r.file for r in results] == files
-    images, labels = shipped_digits("test")
+    images, labels = digit_kit.shipped("test")
     first = int(np.flatnonzero(labels == 1)[0])
     x = torch.nn.functional.pad(torch.from_numpy(images[first]).float()[None, None] / 255, (2, 2, 2, 2))
     with torch.no_grad():
@@ -50,7 +49,7 @@ def test_probabilities_follow_the_stored_preprocessing_and_sum_to_one(weights, p
     assert sum(r.all_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, monkeypatch):
+def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, monkeypatch, is_png):
     path, _ = weights
     code = main(["predict", "--weights", str(path), str(pngs / "1"), "--json", "--topk", "20"])
     lines = capsys.readouterr().out.splitlines()

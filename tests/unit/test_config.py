@@ -21,7 +21,7 @@ from classicnets.config import (
 from classicnets.errors import UsageError
 from classicnets.training.optim import LRSchedule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_precedence_defaults_recipe_flags_settings():
