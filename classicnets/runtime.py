@@ -20,13 +20,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from classicnets.choices import PRECISIONS
 from classicnets.errors import UsageError
-from classicnets.models.base import unwrap_model
+from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.fast_layers import use_fast_cpu_layers
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def prepare_model(
-    model: torch.nn.Module, device: torch.device, *, channels_last: bool | None = None, compile: bool = False
+    model: ClassicNet, device: torch.device, *, channels_last: bool | None = None, compile: bool = False
 ) -> torch.nn.Module:
     """Move `model` to `device` in its fastest safe layout.
 
@@ -111,14 +111,15 @@ def prepare_model(
     """
     if channels_last is None:
         channels_last = device.type in ("cpu", "cuda")
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout)  # type: ignore[call-overload]  # torch's stub lacks memory_format
     model.channels_last = channels_last
     if device.type == "cpu" and channels_last and not compile:
         use_fast_cpu_layers(model)  # oneDNN-packed conv weights for inference, oneDNN linear products
     if device.type == "cuda" and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its algorithms once per shape
     if compile:
-        model = torch.compile(model)
+        return cast(torch.nn.Module, torch.compile(model))
     return model
 
 

@@ -22,7 +22,7 @@ def time_data_loader(
 
     model = unwrap_model(path.model)
     preprocessing = model.preprocessing
-    dataset = open_dataset(cfg.data, in_chans=preprocessing.input_size[0])
+    dataset = open_dataset(str(cfg.data), in_chans=preprocessing.input_size[0])
     mode = "train" if "train" in cfg.modes else "infer"
     train = mode == "train"
     loader = make_loader(

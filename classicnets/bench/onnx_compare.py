@@ -38,7 +38,9 @@ def compare_onnxruntime(
     from classicnets.weights.export import export
 
     model = unwrap_model(path.model)
-    fp32_copy = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()
+    fp32_copy = copy.deepcopy(model).float()
+    fp32_copy.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
+    fp32_copy.eval()
     with tempfile.TemporaryDirectory(prefix="classicnets-bench-") as tmp:
         onnx_file = Path(tmp) / f"{cfg.model}.onnx"
         start = time.perf_counter()

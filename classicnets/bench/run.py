@@ -89,8 +89,8 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             total = (cfg.warmup + cfg.steps) * len(steps)
             with _progress(total, quiet, f"{cfg.model} {mode} batch {batch}") as tick:
                 stats = time_interleaved(steps, warmup=cfg.warmup, steps=cfg.steps, device=device, progress=tick)
-            for p, probe in probes.items():
-                probed[p].append(probe.peak(stats[f"peak probe {p}"]))
+            for precision_name, probe in probes.items():
+                probed[precision_name].append(probe.peak(stats[f"peak probe {precision_name}"]))
             flops = batch * (counts.forward_flops if mode == "infer" else counts.train_flops)
             for p in paths:
                 report.rows.append(_row(batch, mode, p.info, stats[p.info.name], flops, peaks_before))
@@ -108,11 +108,11 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
 
     # Measured again after the timings: the peak is the best of before, between and after, so a burst of load
     # from other processes during one measurement cannot make efficiency exceed 1.
-    peaks = {}
-    for p, before in peaks_before.items():
-        after = measure_matmul_peak(p, device, budget_s=cfg.peak_budget_s)
-        peaks[p] = best_peak(before, after, probed.get(p, []))
-    report.peaks = {p: pk.to_dict() for p, pk in peaks.items()}
+    peaks: dict[str, Peak] = {}
+    for name, before in peaks_before.items():
+        after = measure_matmul_peak(name, device, budget_s=cfg.peak_budget_s)
+        peaks[name] = best_peak(before, after, probed.get(name, []))
+    report.peaks = {name: peak.to_dict() for name, peak in peaks.items()}
     for row in report.rows:
         _set_efficiency(row, peaks)
     report.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +14,12 @@ from torch import nn
 from classicnets import runtime
 from classicnets.bench.report import PathInfo
 from classicnets.bench.settings import BenchConfig
-from classicnets.models.base import unwrap_model
+from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.lrn import use_torch_lrn
 
 # The paper's optimiser (Krizhevsky et al. 2012, section 5); the lr is small so that 100 steps on random data stay
 # finite (NaNs and denormals would time different arithmetic).
-SGD_OPTIONS = {"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
+SGD_OPTIONS: dict[str, Any] = {"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
 
 
 @dataclass
@@ -27,11 +28,11 @@ class TimedPath:
 
     info: PathInfo
     model: nn.Module
-    optimizer: torch.optim.Optimizer | None
+    optimizer: torch.optim.Optimizer
     to_input: Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_default_path(base: nn.Module, device: torch.device, cfg: BenchConfig, precision: str) -> TimedPath:
+def build_default_path(base: ClassicNet, device: torch.device, cfg: BenchConfig, precision: str) -> TimedPath:
     model = runtime.prepare_model(base, device, channels_last=cfg.channels_last, compile=cfg.compile)
     plain = unwrap_model(model)
     options = runtime.fast_optimizer_options(device)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -31,7 +32,7 @@ class Stats:
         sd = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
         return cls(statistics.fmean(seconds), sd, statistics.median(seconds), min(seconds), len(seconds))
 
-    def to_ms(self) -> dict[str, float]:
+    def to_ms(self) -> dict[str, Any]:
         return {f"{k}_ms": v * 1e3 for k, v in asdict(self).items() if k != "n"} | {"n": self.n}
 
 
@@ -44,7 +45,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved(
-    candidates: dict[str, Callable[[], object]],
+    candidates: Mapping[str, Callable[[], object]],
     *,
     warmup: int,
     steps: int,

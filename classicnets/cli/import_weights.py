@@ -49,7 +49,7 @@ def run_import(args: argparse.Namespace) -> int:
             raise UsageError(f"--classes {args.classes} has {len(classes)} names for {model.num_classes} classes")
         model.classes = classes
     named = model.classes is not None
-    names = model.classes if named else [str(i) for i in range(model.num_classes)]
+    names = model.classes or [str(i) for i in range(model.num_classes)]
     save_checkpoint(args.out, build_checkpoint(model, classes=names, imported_from=str(Path(args.src).name)))
     params = sum(p.numel() for p in model.parameters())
     pre = model.preprocessing

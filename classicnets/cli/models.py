@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from classicnets.errors import UsageError
 
@@ -23,7 +24,7 @@ def run_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         raise UsageError(f"no model matches {args.pattern!r}; try `classicnets models`")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         info = get_model_info(name)
         s = summarize(name)

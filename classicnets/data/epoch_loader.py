@@ -3,15 +3,31 @@ the sample order of an epoch, and the batch count."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
 
+import torch
+from torch.utils.data import Sampler
+
+from classicnets.data.datasets import ImageDataset
+from classicnets.data.transforms import ImageTransform
 from classicnets.rng import mix_seed
 
 
 class EpochLoaderBase:
     """What both loaders share: epochs, the sample order of an epoch, len()."""
 
-    def __init__(self, dataset, *, transform, batch_size, seed, shuffle, drop_last, sampler, device):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        *,
+        transform: ImageTransform,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        sampler: Sampler[int] | None,
+        device: torch.device,
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.batch_size = batch_size
@@ -41,7 +57,11 @@ class EpochLoaderBase:
         return torch.randperm(n, generator=generator).tolist()
 
     def _num_samples(self) -> int:
-        return len(self.sampler) if self.sampler is not None else len(self.dataset)
+        # the samplers classicnets uses (distributed.TrainSampler, ShardSampler) have a length
+        return len(self.sampler) if self.sampler is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         n = self._num_samples()

@@ -51,7 +51,7 @@ def make_loader(
     sampler: Sampler | None = None,
     device: str | torch.device = "cpu",
     multiprocessing_context: str | None = None,
-) -> Loader:
+) -> EpochLoaderBase:
     """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see DATA_API.md.
 
     `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on

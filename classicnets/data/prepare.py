@@ -112,8 +112,9 @@ def _check_request(src: Path, dst: Path, *, by_prefix: bool, split: list[float] 
         raise DataError(f"{src}: no such folder")
     if dst.resolve().is_relative_to(src.resolve()) or src.resolve().is_relative_to(dst.resolve()):
         raise UsageError(f"DST {dst} and SRC {src} must not be inside one another; choose a separate DST")
-    if find_split_dirs(src):
-        raise DataError(f"{src} is already split into {', '.join(find_split_dirs(src))}; nothing to prepare")
+    splits = find_split_dirs(src)
+    if splits:
+        raise DataError(f"{src} is already split into {', '.join(splits)}; nothing to prepare")
 
 
 def _make_plan(src: Path, by_prefix: bool, split: list[float] | None, seed: int, splits: list[str]) -> dict[str, str]:

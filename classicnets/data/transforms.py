@@ -170,9 +170,8 @@ class ImageTransform:
         workers use, because the batch is assembled from channel-last arrays without any transposing copy."""
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        if rng is None and self.random:
-            rng = np.random.default_rng()  # a caller without a seed gets fresh randomness
         if self.recipe == "modern":
+            rng = _generator(rng)
             top, left, h, w = random_resized_box(img.width, img.height, rng)
             img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
             return _hwc(_maybe_flip(img, rng))
@@ -181,18 +180,24 @@ class ImageTransform:
             h, w = self.size
             if rw >= w and rh >= h:  # the crop lies inside the resized image: resample only the crop
                 if self.recipe == "paper":
+                    rng = _generator(rng)
                     top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
-                else:
-                    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
-                img = resized_crop(img, self.resize_size, top, left, self.size, self.resample)
-                return _hwc(_maybe_flip(img, rng) if self.recipe == "paper" else img)
+                    img = resized_crop(img, self.resize_size, top, left, self.size, self.resample)
+                    return _hwc(_maybe_flip(img, rng))
+                top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+                return _hwc(resized_crop(img, self.resize_size, top, left, self.size, self.resample))
         if self.resize_size:
             img = resize_short_side(img, self.resize_size, self.resample)
         if self.recipe == "paper":
+            rng = _generator(rng)
             return _hwc(_maybe_flip(random_crop(img, self.size, rng), rng))
         if self.ten_crop:
             return np.stack([_hwc(c) for c in ten_crop(img, self.size)])
         return _hwc(center_crop(img, self.size))
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    return rng if rng is not None else np.random.default_rng()  # a caller without a seed gets fresh randomness
 
 
 def _hwc(img: Image.Image) -> np.ndarray:

@@ -18,6 +18,7 @@ from torch import nn
 
 from classicnets.errors import DataError
 from classicnets.inference.metrics import ConfusedPair, ConfusionMatrix, MetricSums
+from classicnets.models.base import ClassicNet
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class EvalPass:
     misclassified: list[Misclassified] = field(default_factory=list)
 
 
-def load_model(weights: str | os.PathLike | nn.Module, *, model_name: str | None = None) -> nn.Module:
+def load_model(weights: str | os.PathLike | ClassicNet, *, model_name: str | None = None) -> ClassicNet:
     """A model ready for inference from a weight file (any format classicnets.weights reads) or a module,
     with `.classes` (index order) and `.preprocessing`."""
     if isinstance(weights, nn.Module):
@@ -53,9 +54,14 @@ def load_model(weights: str | os.PathLike | nn.Module, *, model_name: str | None
         from classicnets.weights import load_weights
 
         model = load_weights(weights, model=model_name)
-    if getattr(model, "classes", None) is None:
-        model.classes = [str(i) for i in range(model.num_classes)]
+    model.classes = class_names(model)
     return model.eval()
+
+
+def class_names(model: ClassicNet) -> list[str]:
+    """The model's class names in output order; "0", "1", ... when its weights came without names."""
+    classes = getattr(model, "classes", None)
+    return list(classes) if classes is not None else [str(i) for i in range(model.num_classes)]
 
 
 def evaluate_loader(
@@ -206,7 +212,7 @@ def class_mapping(model_classes: list[str], data_classes: list[str], source: str
 
 
 def evaluate(
-    weights: str | os.PathLike | nn.Module,
+    weights: str | os.PathLike | ClassicNet,
     data: str | os.PathLike,
     *,
     ten_crop: bool = False,
@@ -228,9 +234,10 @@ def evaluate(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model = load_model(weights)
+    classes = class_names(model)
     pre = model.preprocessing
     dataset = open_eval_data(data, in_chans=pre.input_size[0], split=split, allow_empty=allow_empty)
-    target_map = class_mapping(model.classes, dataset.classes, str(data))
+    target_map = class_mapping(classes, dataset.classes, str(data))
     from classicnets.data import BatchTransform, make_loader
 
     net = prepare_model(model, dev)
@@ -244,16 +251,17 @@ def evaluate(
         transform,
         device=dev,
         precision=prec,
-        num_classes=len(model.classes),
+        num_classes=len(classes),
         target_map=target_map,
         keep_misclassified=misclassified,
-        classes=list(model.classes),
+        classes=classes,
         progress=progress,
     )
+    assert passes is not None  # None only when should_stop asks to stop
     report = EvalReport(
         str(weights) if not isinstance(weights, nn.Module) else getattr(weights, "model_name", "model"),
         str(data),
-        list(model.classes),
+        classes,
         passes["center"].sums.count,
         passes,
     )

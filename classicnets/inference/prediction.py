@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from classicnets.errors import DataError, UsageError
-from classicnets.inference.evaluation import load_model
+from classicnets.inference.evaluation import class_names, load_model
+from classicnets.models.base import ClassicNet
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict(
-    weights: str | os.PathLike | nn.Module,
+    weights: str | os.PathLike | ClassicNet,
     inputs: Sequence[str | os.PathLike],
     *,
     topk: int = 5,
@@ -89,7 +89,7 @@ def predict(
     model = load_model(weights)
     files = expand_inputs(inputs)
     pre = model.preprocessing
-    classes = list(model.classes)
+    classes = class_names(model)
     k = min(topk, len(classes))
     net = prepare_model(model, dev).eval()
     geometry = ImageTransform(pre, train=False)  # resize + centre crop, as in evaluation

@@ -145,7 +145,8 @@ class AlexNet2012(ClassicNet):
         for name, module in (*self.features.named_children(), *self.classifier.named_children()):
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.constant_(module.bias, 1.0 if name in ones else 0.0)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 1.0 if name in ones else 0.0)
 
 
 class AlexNetBN(ClassicNet):

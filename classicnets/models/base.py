@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from torch import nn
 
 from classicnets.errors import InputSizeError
+
+if TYPE_CHECKING:
+    from classicnets.models.preprocessing import Preprocessing
 
 
 class ClassicNet(nn.Module):
@@ -21,8 +26,17 @@ class ClassicNet(nn.Module):
     head: str = "classifier"
     # Extra heads replaced together with the main one (GoogLeNet's auxiliary classifiers).
     extra_heads: tuple[str, ...] = ()
+    # The paper's layer names -> dotted module names, for fine-tuning flags (--skip-layers fc8, --freeze-until conv5).
+    layer_names: dict[str, str] = {}
+    # Set on every instance by create_model and the weight loaders (declared here so code and type checkers know):
+    preprocessing: Preprocessing  # how images become this model's input
+    model_name: str  # the registered name that rebuilds it: create_model(model_name, **model_kwargs)
+    model_kwargs: dict[str, Any]
+    classes: list[str] | None  # class names in output order, when the weights come with them
+    new_layers: list[str]  # layers trained from scratch while fine-tuning (their own param group)
+    channels_last: bool  # the memory layout runtime.prepare_model chose
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         # The torchvision shape shared by LeNet, AlexNet and VGG; GoogLeNet and ResNet override it.
         self.check_input(x)
         x = self.avgpool(self.features(x))  # N x C x h x w
@@ -43,13 +57,13 @@ class ClassicNet(nn.Module):
         return self.get_classifier().out_features
 
     def get_classifier(self) -> nn.Linear:
-        return self.get_submodule(self.head)
+        return cast(nn.Linear, self.get_submodule(self.head))
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final layer (and any auxiliary heads) by freshly initialised ones with `num_classes` outputs."""
         for name in (self.head, *self.extra_heads):
             try:
-                old = self.get_submodule(name)
+                old = cast(nn.Linear, self.get_submodule(name))
             except AttributeError:  # an optional head that is switched off (aux1 = None)
                 continue
             new = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
@@ -64,6 +78,11 @@ class ClassicNet(nn.Module):
         nn.init.normal_(layer.weight, 0.0, 0.01)
         nn.init.zeros_(layer.bias)
 
+    # Submodules of the torchvision shape (a model with its own forward may lack them).
+    features: nn.Module
+    avgpool: nn.Module
+    classifier: nn.Module
+
 
 def is_tracing() -> bool:
     """True while torch.compile, torch.export (and so the ONNX exporter) or torch.jit trace the model."""
@@ -75,15 +94,15 @@ def is_tracing() -> bool:
     )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model itself inside the wrappers training may add: DistributedDataParallel (`.module`) and
-    torch.compile (`._orig_mod`), in either order."""
+def unwrap_model(model: nn.Module) -> ClassicNet:
+    """The classicnets model itself inside the wrappers training may add: DistributedDataParallel (`.module`) and
+    torch.compile (`._orig_mod`), in either order. (A module without wrappers comes back as it is.)"""
     from torch.nn.parallel import DistributedDataParallel
 
     while True:
         if isinstance(model, DistributedDataParallel):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         else:
-            return model
+            return cast(ClassicNet, model)

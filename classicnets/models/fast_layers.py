@@ -20,7 +20,7 @@ def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tens
     try:
         return run()
     except (RuntimeError, AttributeError, TypeError) as e:
-        module._fast_path_failed = True
+        module._fast_path_failed = True  # type: ignore[assignment]  # a plain attribute, not a submodule
         logging.getLogger(__name__).debug("%s: oneDNN fast path unavailable (%s); plain forward", type(module), e)
         return None
 
@@ -68,9 +68,11 @@ class PrepackedConv2d(nn.Conv2d):
         key = (self.weight._version, self.weight.data_ptr())
         cache = getattr(self, "_packed_cache", None)
         if cache is None or cache[0] != key:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(x.shape)
-            )
+            # torch's stub types this internal op's arguments too narrowly (lists, and no input size)
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+                self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,  # type: ignore[arg-type]
+                list(x.shape),
+            )  # fmt: skip
             self._packed_cache = cache = (key, packed)
         return cache[1]
 

@@ -153,7 +153,7 @@ class GoogLeNet(ClassicNet):
         x = self.maxpool4(self.inception4e(x))
         x = self.inception5b(self.inception5a(x))
         x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))  # N x num_classes
-        if aux1 is not None:
+        if aux1 is not None and aux2 is not None:
             return GoogLeNetOutputs(x, aux2, aux1)
         return x
 

@@ -9,6 +9,8 @@ backward that reuses the forward's denominators instead of autograd's chain of a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ from classicnets.models.base import is_tracing
 # - "paper": Krizhevsky et al. 2012, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75, and alpha is NOT divided by n.
 # - "caffe": bvlc_alexnet deploy.prototxt: local_size 5, alpha 1e-4, beta 0.75, k 1 (Caffe's default), and Caffe
 #   divides alpha by local_size, as torch.nn.LocalResponseNorm does.
-LRN_PRESETS: dict[str, dict[str, float | int | bool]] = {
+LRN_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False},
     "caffe": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0, "alpha_over_size": True},
 }

@@ -40,6 +40,8 @@ class Preprocessing:
         """The same convention for a model with `in_chans` input channels (1 = grayscale)."""
         if in_chans == self.input_size[0]:
             return self
+        mean: tuple[float, ...]
+        std: tuple[float, ...]
         if in_chans == 1:
             mean, std, order = (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),), "L"
         elif in_chans == 3 and len(self.mean) == 1:

@@ -17,7 +17,7 @@ from classicnets.errors import UnknownModelError, UsageError
 from classicnets.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
-    from torch import nn
+    from classicnets.models.base import ClassicNet
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ModelInfo:
     """A registered model: its builder and what it expects."""
 
     name: str
-    builder: Callable[..., nn.Module] = field(repr=False)
+    builder: Callable[..., ClassicNet] = field(repr=False)
     family: str
     preprocessing: Preprocessing
     min_size: int  # smallest square input (pixels) the network can process
@@ -48,10 +48,10 @@ def register_model(
     min_size: int,
     paper: str,
     description: str = "",
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder `fn(*, num_classes, in_chans, **kwargs) -> nn.Module` under `name`."""
+) -> Callable[[Callable[..., ClassicNet]], Callable[..., ClassicNet]]:
+    """Decorator registering a builder `fn(*, num_classes, in_chans, **kwargs) -> ClassicNet` under `name`."""
 
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorator(builder: Callable[..., ClassicNet]) -> Callable[..., ClassicNet]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelInfo(name, builder, family, preprocessing, min_size, paper, description)
@@ -83,7 +83,9 @@ def get_model_info(name: str) -> ModelInfo:
         raise UnknownModelError(f"unknown model {name!r}; {hint}") from None
 
 
-def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+) -> ClassicNet:
     """Build a registered model with freshly initialised weights.
 
     `num_classes` sets the classifier's outputs (default: the model's own, 1000 for ImageNet models, 10 for LeNet-5),

@@ -38,11 +38,12 @@ class VGG(ClassicNet):
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
-            layers.append(nn.Conv2d(channels, v, kernel_size=3, padding=1))
+            width = int(v)
+            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
             if batch_norm:
-                layers.append(nn.BatchNorm2d(v))
+                layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU(inplace=True))
-            channels = v
+            channels = width
         self.features = nn.Sequential(*layers)  # N x 512 x 7 x 7 at 224x224
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
@@ -58,7 +59,8 @@ class VGG(ClassicNet):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

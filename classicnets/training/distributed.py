@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -142,10 +142,10 @@ def decided_by_main(ctx: DistContext, decide: Callable[[], T]) -> T:
             outcome = (decide(), None)
         except ClassicNetsError as e:
             outcome = (None, e)
-    value, error = broadcast_object(ctx, outcome)  # type: ignore[misc]
+    value, error = cast(tuple[T, ClassicNetsError | None], broadcast_object(ctx, outcome))
     if error is not None:
         raise error
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_same_everywhere(ctx: DistContext, what: str, value: object) -> None:
@@ -194,12 +194,16 @@ class TrainSampler(DistributedSampler):
     """
 
     def __init__(self, size: int, *, rank: int, world_size: int, seed: int, drop_last: bool) -> None:
-        super().__init__(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+        # DistributedSampler only takes len() of its data set: a range of indices stands in for it.
+        super().__init__(
+            range(size),  # type: ignore[arg-type]
+            num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last,
+        )  # fmt: skip
 
     def __iter__(self) -> Iterator[int]:
         from classicnets.rng import mix_seed
 
-        n = len(self.dataset)
+        n = len(self.dataset)  # type: ignore[arg-type]  # the range given to __init__
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))  # as epoch_indices
         order = torch.randperm(n, generator=generator).tolist()
         order = (order * math.ceil(self.total_size / n))[: self.total_size]  # pads or truncates

@@ -30,9 +30,11 @@ def build_optimizer(params: Iterable[Any], config: OptimConfig) -> torch.optim.O
             params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
         )
     elif config.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        betas = (config.betas[0], config.betas[1])
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     elif config.name == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        betas = (config.betas[0], config.betas[1])
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     else:  # config.validate() prevents this
         raise ValueError(f"unknown optimizer {config.name!r}")
     for group in optimizer.param_groups:

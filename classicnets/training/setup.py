@@ -16,6 +16,7 @@ from torch import nn
 
 from classicnets.config import Config
 from classicnets.errors import DataError, UsageError
+from classicnets.models.base import ClassicNet
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def open_training_data(
                 f"{splits[held_out]}: its classes ({', '.join(val.classes)}) differ from {splits['train']}'s "
                 f"({', '.join(train.classes)}); re-run `classicnets prepare`"
             )
-        split = {"method": "folders", "train": str(splits["train"]), "val": str(splits[held_out])}
+        split: dict[str, Any] = {"method": "folders", "train": str(splits["train"]), "val": str(splits[held_out])}
     else:
         full = open_dataset(path, in_chans=in_chans, allow_empty=allow_empty)
         _check_classes(path, full.classes)
@@ -89,17 +90,23 @@ def default_in_chans(config: Config) -> int:
 
     if config.model.in_chans is not None:
         return config.model.in_chans
+    return get_model_info(_model_name(config)).input_size[0]
+
+
+def _model_name(config: Config) -> str:
     if config.model.name is None:
         raise UsageError("no model: give --model NAME (see `classicnets models`) or --weights W")
-    return get_model_info(config.model.name).input_size[0]
+    return config.model.name
 
 
-def load_starting_weights(config: Config) -> nn.Module:
+def load_starting_weights(config: Config) -> ClassicNet:
     """The model held by --weights (our checkpoint, Caffe npy, torchvision pth, safetensors), before its head is
     fitted to the data. The file decides the architecture, so model.kwargs do not apply."""
     from classicnets.weights import load_weights
 
     m = config.model
+    if m.weights is None:
+        raise UsageError("no starting weights: give --weights W")
     if m.kwargs:
         log.warning("model.kwargs %s are ignored: the architecture comes from %s", m.kwargs, m.weights)
     model = load_weights(m.weights, model=m.name)
@@ -110,7 +117,7 @@ def load_starting_weights(config: Config) -> nn.Module:
     return model
 
 
-def build_training_model(config: Config, num_classes: int, *, start: nn.Module | None = None) -> nn.Module:
+def build_training_model(config: Config, num_classes: int, *, start: ClassicNet | None = None) -> ClassicNet:
     """A fresh model, or `start` (from load_starting_weights) with a new head if the class count differs and the
     fine-tuning surgery of --skip-layers / --freeze / --freeze-until applied."""
     m = config.model
@@ -121,7 +128,7 @@ def build_training_model(config: Config, num_classes: int, *, start: nn.Module |
             raise UsageError(
                 "--skip-layers, --freeze, --freeze-until and --head-lr-mult need starting weights (--weights W)"
             )
-        return create_model(m.name, num_classes=num_classes, in_chans=m.in_chans, **m.kwargs)
+        return create_model(_model_name(config), num_classes=num_classes, in_chans=m.in_chans, **m.kwargs)
     from classicnets.weights import replace_head
 
     if start.num_classes != num_classes:

@@ -104,10 +104,11 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     # The resolved config: what was left open is now written down, so config.yaml reproduces the run.
     m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
     m.weights = str(Path(m.weights).resolve()) if m.weights else None
-    cfg.data.path = str(Path(cfg.data.path).resolve())
+    cfg.data.path = str(Path(str(cfg.data.path)).resolve())  # open_training_data refused a missing path
     cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers()
     cfg.train.device, cfg.train.precision = str(device), precision  # "cuda", not this process's "cuda:N"
-    folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, m.name))  # rank 0 alone creates it
+    name = model.model_name
+    folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, name))  # rank 0 alone creates it
     cfg.train.out = str(folder)
     run_folder = RunFolder(folder, is_main=ctx.is_main)
     return Trainer(
@@ -162,7 +163,7 @@ def open_resume(
     _check_world_size(ctx, int(ckpt.get("world_size", 1)), state, path, cfg.train.batch_size)
     if not ctx.is_main:
         state.partial = [0.0] * 4  # the saved sums of the unfinished epoch are the whole job's: counted once
-    data = _open_data(ctx, cfg, cfg.model.in_chans)
+    data = _open_data(ctx, cfg, default_in_chans(cfg))  # the resolved config names in_chans
     if data.classes != list(ckpt["classes"]):
         raise DataError(f"{cfg.data.path}: its classes changed since the run started; cannot resume")
     model = model_from_checkpoint(ckpt)
@@ -184,7 +185,7 @@ def open_resume(
 
 def _last_checkpoint_path(resume: str | Path | bool, overrides: dict[str, Any]) -> Path:
     """The last.pt that --resume names: a run folder or a file; True means the folder given by --out."""
-    if resume is True:
+    if resume is True or resume is False:
         if not overrides.get("out"):
             raise UsageError("--resume without a path needs --out RUN (or give the run folder: --resume RUN)")
         path = Path(overrides["out"])

@@ -18,6 +18,7 @@ from torch import nn
 
 from classicnets.config import Config
 from classicnets.inference.metrics import ConfusionMatrix, MetricSums
+from classicnets.models.base import ClassicNet
 from classicnets.rng import capture_rng, mix_seed, restore_rng
 from classicnets.runtime import autocast, prepare_model, to_input_layout
 from classicnets.training.distributed import (
@@ -54,7 +55,7 @@ class Trainer:
         device: torch.device,
         precision: str,
         data: TrainingData,
-        model: nn.Module,
+        model: ClassicNet,
         run_folder: RunFolder,
         state: Progress,
         ctx: DistContext,
@@ -78,8 +79,8 @@ class Trainer:
         # Random augmentation and dropout draw from a per-process seed under torchrun (distributed.rank_seed);
         # the sample order from the run's seed (TrainSampler), the same on every process.
         self.random_seed = rank_seed(cfg.train.seed, ctx)
-        common = {"preprocessing": pre, "batch_size": cfg.train.batch_size, "workers": cfg.data.workers,
-                  "device": device}  # fmt: skip
+        common: dict[str, Any] = {"preprocessing": pre, "batch_size": cfg.train.batch_size,
+                                  "workers": cfg.data.workers, "device": device}  # fmt: skip
         # `samplers` ({"train": ..., "val": ...}): under torchrun a TrainSampler (a DistributedSampler) and an exact
         # evaluation shard (ShardSampler); None in a single process keeps the loaders' own order.
         if samplers is None and ctx.enabled:
@@ -223,7 +224,7 @@ class Trainer:
             num_classes=len(self.data.classes),
             should_stop=lambda: stop.requested,
         )
-        if self.agree(result is None):
+        if self.agree(result is None) or result is None:
             return None
         center = result["center"]
         counts = all_reduce_sum(self.ctx, center.confusion.counts)
@@ -248,7 +249,7 @@ class Trainer:
         self.save_last()
         if improved:
             self.run_folder.save("best", self.best_checkpoint())
-            self.run_folder.plot_confusion(confusion.to_list(), self.data.classes, row["epoch"])
+            self.run_folder.plot_confusion(confusion.to_list(), self.data.classes, int(row["epoch"]))
         self.run_folder.write_metrics(state.history)
         self.run_folder.plot_curves(state.history)
 

@@ -71,7 +71,7 @@ def _weights_and_biases(path: Path, name: str, entry: Any) -> tuple[np.ndarray, 
         if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
             kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
             raise WeightsError(f"{path}: {name} {what} must be a floating-point array, got {kind}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def tf_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:

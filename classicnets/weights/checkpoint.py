@@ -41,7 +41,7 @@ from torch import nn
 
 from classicnets.errors import WeightsError, first_line
 from classicnets.fileio import atomic_write_bytes
-from classicnets.models.base import unwrap_model
+from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.models.registry import create_model
 
@@ -102,7 +102,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise WeightsError(f"{path}: unreadable or truncated weight file ({first_line(e)})") from None
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> ClassicNet:
     """Rebuild the model of a checkpoint and load its weights strictly; preprocessing and classes attached."""
     spec = checkpoint["model"]
     model = create_model(spec["name"], **spec.get("kwargs", {}))

@@ -28,7 +28,7 @@ from torch import nn
 from classicnets.choices import EXPORT_FORMATS
 from classicnets.errors import UsageError, WeightsError
 from classicnets.fileio import atomic_write_bytes
-from classicnets.models.base import unwrap_model
+from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights.metadata import build_metadata
 
@@ -102,7 +102,7 @@ def export(
 
 
 @contextlib.contextmanager
-def _cpu_eval(net: nn.Module) -> Iterator[nn.Module]:
+def _cpu_eval(net: ClassicNet) -> Iterator[ClassicNet]:
     """The model in eval mode on the CPU in float32 (a copy when it lives elsewhere); its mode is restored after."""
     params = list(net.parameters())
     on_cpu_fp32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
@@ -132,7 +132,7 @@ def _check_close(name: str, reference: torch.Tensor, output: torch.Tensor) -> fl
     return diff
 
 
-def _safetensors_bytes(net: nn.Module, metadata: dict[str, str], verify: bool) -> tuple[bytes, float | None]:
+def _safetensors_bytes(net: ClassicNet, metadata: dict[str, str], verify: bool) -> tuple[bytes, float | None]:
     from safetensors.torch import load as load_safetensors
     from safetensors.torch import save as save_safetensors
 
@@ -169,7 +169,7 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _onnx_bytes(net: nn.Module, metadata: dict[str, str], opset: int, verify: bool) -> tuple[bytes, float | None]:
+def _onnx_bytes(net: ClassicNet, metadata: dict[str, str], opset: int, verify: bool) -> tuple[bytes, float | None]:
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
@@ -189,6 +189,7 @@ def _onnx_bytes(net: nn.Module, metadata: dict[str, str], opset: int, verify: bo
             optimize=True,
             verbose=False,
         )
+    assert program is not None  # torch.onnx.export(dynamo=True) returns the program
     proto = program.model_proto
     proto.doc_string = f"classicnets {net.model_name}: input N x {'x'.join(map(str, net.preprocessing.input_size))}"
     for key, value in metadata.items():
@@ -214,7 +215,7 @@ def _onnx_bytes(net: nn.Module, metadata: dict[str, str], opset: int, verify: bo
     return data, max(diffs)
 
 
-def _torchscript_bytes(net: nn.Module, metadata: dict[str, str], verify: bool) -> tuple[bytes, float | None]:
+def _torchscript_bytes(net: ClassicNet, metadata: dict[str, str], verify: bool) -> tuple[bytes, float | None]:
     example = example_batch(net.preprocessing, 2)
     with _quiet_exporter(), torch.no_grad():
         traced = torch.jit.trace(net, example, check_trace=False)

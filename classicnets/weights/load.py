@@ -23,6 +23,7 @@ from torch import nn
 
 from classicnets.choices import IMPORT_FORMATS
 from classicnets.errors import UsageError, WeightsError, first_line
+from classicnets.models.base import ClassicNet
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights import caffe
 from classicnets.weights.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -79,7 +80,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def load_weights(
     path: str | os.PathLike, *, model: str | None = None, num_classes: int | None = None, fmt: str = "auto"
-) -> nn.Module:
+) -> ClassicNet:
     """Build the model that `path` holds weights for and load them strictly.
 
     `fmt`: "auto" (detect), "classicnets", "caffe-npy", "torchvision" or "safetensors". `model` names the network;
@@ -117,7 +118,7 @@ def load_weights(
     return net
 
 
-def replace_head(net: nn.Module, num_classes: int) -> None:
+def replace_head(net: ClassicNet, num_classes: int) -> None:
     """A new, freshly initialised head with `num_classes` outputs; the old class names no longer apply."""
     old = net.num_classes
     net.reset_classifier(num_classes)
@@ -127,7 +128,7 @@ def replace_head(net: nn.Module, num_classes: int) -> None:
     net.new_layers = [*getattr(net, "new_layers", []), *heads]
 
 
-def _load_caffe(path: Path, model: str | None) -> nn.Module:
+def _load_caffe(path: Path, model: str | None) -> ClassicNet:
     if model not in (None, caffe.MODEL_NAME):
         raise WeightsError(f"{path}: Caffe bvlc_alexnet weights fit {caffe.MODEL_NAME} (the 2012 layout), not {model}")
     layers = caffe.read_caffe_npy(path)
@@ -141,7 +142,7 @@ def _load_caffe(path: Path, model: str | None) -> nn.Module:
     return net
 
 
-def _load_safetensors(path: Path, model: str | None) -> nn.Module:
+def _load_safetensors(path: Path, model: str | None) -> ClassicNet:
     from safetensors import safe_open
 
     try:
@@ -170,7 +171,7 @@ def _validated_checkpoint(data: dict[str, Any], source: str) -> dict[str, Any]:
     return data
 
 
-def _from_checkpoint(ckpt: dict[str, Any], model: str | None, *, source: str) -> nn.Module:
+def _from_checkpoint(ckpt: dict[str, Any], model: str | None, *, source: str) -> ClassicNet:
     spec = ckpt["model"]
     if not isinstance(spec, dict) or "name" not in spec:
         raise WeightsError(f"{source}: damaged checkpoint (no model name)")
@@ -188,7 +189,7 @@ def _from_checkpoint(ckpt: dict[str, Any], model: str | None, *, source: str) ->
 
 def _from_state_dict(
     state: dict[str, torch.Tensor], model: str | None, *, source: str, torchvision: bool = False
-) -> nn.Module:
+) -> ClassicNet:
     """A model named by the caller for a bare state dict; its head follows the file's class count."""
     if model is None:
         raise UsageError(

@@ -16,9 +16,9 @@ import json
 from typing import Any
 
 import torch
-from torch import nn
 
 from classicnets.errors import UsageError, WeightsError
+from classicnets.models.base import ClassicNet
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.models.registry import create_model
 
@@ -27,7 +27,7 @@ VERSION = 1
 PREFIX = "classicnets."
 
 
-def build_metadata(model: nn.Module, classes: list[str] | None) -> dict[str, str]:
+def build_metadata(model: ClassicNet, classes: list[str] | None) -> dict[str, str]:
     """The string map describing `model` (built by create_model) and its class names."""
     return {
         f"{PREFIX}format": TAG,
@@ -39,10 +39,10 @@ def build_metadata(model: nn.Module, classes: list[str] | None) -> dict[str, str
 
 
 def is_ours(metadata: dict[str, str] | None) -> bool:
-    return bool(metadata) and metadata.get(f"{PREFIX}format") == TAG
+    return metadata is not None and metadata.get(f"{PREFIX}format") == TAG
 
 
-def model_from_metadata(metadata: dict[str, str], *, source: str) -> tuple[nn.Module, list[str] | None]:
+def model_from_metadata(metadata: dict[str, str], *, source: str) -> tuple[ClassicNet, list[str] | None]:
     """A freshly built model (random weights) with the preprocessing of the file attached, and its class names."""
     try:
         version = int(metadata.get(f"{PREFIX}version", "0"))
@@ -61,7 +61,7 @@ def model_from_metadata(metadata: dict[str, str], *, source: str) -> tuple[nn.Mo
     return model, classes
 
 
-def empty_model(name: str, kwargs: dict[str, Any], *, source: str) -> nn.Module:
+def empty_model(name: str, kwargs: dict[str, Any], *, source: str) -> ClassicNet:
     """create_model on the meta device (shapes only; load_state_dict_strict fills in every tensor) for a name and
     arguments read from a file: a bad name or argument is the file's fault."""
     if not isinstance(name, str) or not isinstance(kwargs, dict):

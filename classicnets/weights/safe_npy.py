@@ -44,7 +44,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 for _core in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct  # empty array of a dtype
     _ALLOWED[(f"{_core}.multiarray", "scalar")] = _multiarray.scalar  # a numpy scalar from dtype + bytes
-    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer  # protocol-5 arrays
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer  # type: ignore[attr-defined]  # protocol-5 arrays
 
 
 class RestrictedUnpickler(pickle.Unpickler):

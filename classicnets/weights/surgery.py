@@ -16,7 +16,7 @@ from torch import nn
 
 from classicnets.errors import UsageError
 from classicnets.models.alexnet import AlexNet2012
-from classicnets.models.base import unwrap_model
+from classicnets.models.base import ClassicNet, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _summarise(names: list[str], show: int = 6) -> str:
     return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
 
 
-def _reinitialise(net: nn.Module, dotted: str) -> None:
+def _reinitialise(net: ClassicNet, dotted: str) -> None:
     """Fresh weights for one layer, drawn the way the model initialises that layer."""
     module = net.get_submodule(dotted)
     if not any(True for _ in module.parameters()):
@@ -129,7 +129,8 @@ def _reinitialise(net: nn.Module, dotted: str) -> None:
         for name, m in module.named_modules(prefix=dotted):
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.normal_(m.weight, 0.0, PAPER_INIT_STD)
-                nn.init.constant_(m.bias, 1.0 if paper_names.get(name) in PAPER_BIAS_ONE else 0.0)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 1.0 if paper_names.get(name) in PAPER_BIAS_ONE else 0.0)
     else:  # PyTorch's default initialisation of each sub-layer
         for m in module.modules():
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
@@ -153,7 +154,8 @@ def param_groups(
     if not new and head_lr_mult != 1.0:
         new = [n for n in (net.head, *getattr(net, "extra_heads", ())) if _exists(net, n)]
         log.info("no new layers: %s gets the %gx learning rate", ", ".join(new), head_lr_mult)
-    pretrained, fresh = [], []
+    pretrained: list[nn.Parameter] = []
+    fresh: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         if p.requires_grad:
             (fresh if any(_in_layer(name, n) for n in new) else pretrained).append(p)
