@@ -23,7 +23,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check classicnets tests
+	$(VENV)/bin/ruff check classicnets tests benchmarks
+	$(VENV)/bin/mypy
 
 clean-venv:
 	rm -rf $(VENV)

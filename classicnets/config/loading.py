@@ -84,7 +84,7 @@ def apply_mapping(config: Config, mapping: dict[str, Any], *, origin: str) -> No
 
 
 def list_recipes() -> list[str]:
-    """Names of the recipes shipped in classicnets/configs."""
+    """Names of the recipes shipped in classicnets/config/recipes."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.rng import mix_seed
 
-# ImageNet RGB eigen-decomposition in common use (fb.resnet.torch, timm; FACTS.md), pixels in [0, 1].
+# ImageNet RGB eigen-decomposition in common use (fb.resnet.torch, timm; docs/facts.md), pixels in [0, 1].
 # eigvec[:, i] (a column) is the i-th eigenvector, as numpy.linalg.eigh returns them.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (

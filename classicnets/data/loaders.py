@@ -52,7 +52,7 @@ def make_loader(
     device: str | torch.device = "cpu",
     multiprocessing_context: str | None = None,
 ) -> EpochLoaderBase:
-    """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see DATA_API.md.
+    """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see docs/data.md.
 
     `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on
     `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started

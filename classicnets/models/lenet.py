@@ -19,7 +19,7 @@ class LeNet5(ClassicNet):
     Layer names follow the paper: C1, S2, C3, S4, C5, F6, output. Two documented simplifications, shared by every
     modern port: C3 connects to all six S2 maps (the paper's Table I uses a sparse pattern), and S2/S4 are plain
     average pooling without the paper's trainable coefficient and bias. This gives exactly
-    156 + 2,416 + 48,120 + 10,164 + 850 = 61,706 parameters for 10 classes (FACTS.md).
+    156 + 2,416 + 48,120 + 10,164 + 850 = 61,706 parameters for 10 classes (docs/facts.md).
     The activation is the paper's tanh by default (its scaled 1.7159 tanh(2x/3) only rescales); `activation="relu"`
     and `pool="max"` give the variant most PyTorch tutorials use.
     """

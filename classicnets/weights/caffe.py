@@ -1,7 +1,7 @@
 """Caffe's bvlc_alexnet weights as the TensorFlow fine-tuning tutorials ship them (`bvlc_alexnet.npy`).
 
 The file is a pickled dict `{layer: [weights, biases]}` (some converters write `{layer: {"weights", "biases"}}`)
-for conv1..conv5 and fc6..fc8 in TensorFlow layout (FACTS.md): convolution kernels HWIO, fully connected weights
+for conv1..conv5 and fc6..fc8 in TensorFlow layout (docs/facts.md): convolution kernels HWIO, fully connected weights
 (in, out), and fc6's rows in the (H, W, C) order in which TensorFlow flattens the 6x6x256 pool5 map.
 It fits `alexnet2012` built with Caffe's LRN (`lrn="caffe"`: k=1, alpha=1e-4 divided by n=5, beta=0.75, applied
 before pooling) and Caffe's input convention (BGR, 0-255, mean [104, 117, 124] subtracted, no std).
@@ -23,7 +23,7 @@ MODEL_NAME = "alexnet2012"
 MODEL_KWARGS = {"lrn": "caffe"}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 # Caffe's bvlc_alexnet deploy.prototxt and the TensorFlow port: BGR channel order, pixels 0-255, the BGR mean
-# [104, 117, 124] subtracted and no division (std 1), 227x227 crops of images resized to 256 (FACTS.md).
+# [104, 117, 124] subtracted and no division (std 1), 227x227 crops of images resized to 256 (docs/facts.md).
 CAFFE_PREPROCESSING = Preprocessing(
     input_size=(3, 227, 227),
     resize_size=256,
@@ -32,7 +32,7 @@ CAFFE_PREPROCESSING = Preprocessing(
     channel_order="BGR",
     pixel_scale=255.0,
 )
-# pool5 is 256 x 6 x 6 at a 227x227 input; fc6 sees it flattened (FACTS.md).
+# pool5 is 256 x 6 x 6 at a 227x227 input; fc6 sees it flattened (docs/facts.md).
 POOL5_SHAPE = (256, 6, 6)
 
 
@@ -85,12 +85,12 @@ def tf_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def to_torch_layout(name: str, weights: np.ndarray) -> torch.Tensor:
-    """One layer's weights from TensorFlow layout to PyTorch's (FACTS.md), as a new float32 tensor."""
+    """One layer's weights from TensorFlow layout to PyTorch's (docs/facts.md), as a new float32 tensor."""
     w = torch.from_numpy(_writable_float32(weights))
     if w.dim() == 4:  # HWIO -> OIHW; groups=2 kernels (I = in/2) fit PyTorch's grouped Conv2d as they are
         return w.permute(3, 2, 0, 1).contiguous()
     if name == "fc6":
-        # Rows are (H, W, C) positions of pool5, PyTorch flattens (C, H, W). FACTS.md's
+        # Rows are (H, W, C) positions of pool5, PyTorch flattens (C, H, W). docs/facts.md's
         # w.reshape(6, 6, 256, 4096).transpose(2, 0, 1, 3).reshape(9216, 4096).T, done as a plain 2-D transpose
         # followed by reordering each row (twice as fast on this 151 MB matrix).
         c, h, wd = POOL5_SHAPE

@@ -29,7 +29,7 @@ CPU = torch.device("cpu")
 
 def test_alexnet2012_counts_separate_params_macs_and_flops():
     c = count_flops("alexnet2012", (3, 227, 227), None)
-    assert c.params == 60_965_224  # FACTS.md
+    assert c.params == 60_965_224  # docs/facts.md
     assert c.macs == 724_406_816
     assert c.forward_flops == 1_448_813_632
     # forward + weight gradients (2 x forward) + input gradients of every layer but conv1 (96 x 55 x 55 x 3 x 11 x 11)

@@ -1,4 +1,4 @@
-"""Every registered model: shapes, exact parameter counts (FACTS.md), torchvision key names, heads, input checks."""
+"""Every registered model: shapes, exact parameter counts (docs/facts.md), torchvision keys, heads, input checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from classicnets.errors import InputSizeError, UnknownModelError, UsageError
 from classicnets.models.googlenet import GoogLeNetOutputs
 from classicnets.models.registry import create_model, get_model_info, list_models
 
-# ../shared/FACTS.md (torchvision weight metadata, bvlc_alexnet shapes) for 1000 classes.
+# docs/facts.md (torchvision weight metadata, bvlc_alexnet shapes) for 1000 classes.
 PARAMS_1000 = {
     "alexnet": 61_100_840,
     "alexnet2012": 60_965_224,
@@ -24,12 +24,12 @@ PARAMS_1000 = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
-    # torchvision weight metadata (not in FACTS.md):
+    # torchvision weight metadata (not in docs/facts.md):
     "vgg11_bn": 132_868_840,
     "vgg13_bn": 133_053_736,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
-    # derived: the no-groups AlexNet of FACTS.md (62,378,344) plus BatchNorm's weight and bias on
+    # derived: the no-groups AlexNet of docs/facts.md (62,378,344) plus BatchNorm's weight and bias on
     # 96 + 256 + 384 + 384 + 256 channels.
     "alexnet_bn": 62_378_344 + 2 * (96 + 256 + 384 + 384 + 256),
 }
@@ -62,7 +62,7 @@ def test_parameter_count_for_1000_classes(name):
 
 
 def test_lenet5_parameter_count():
-    # FACTS.md: 156 + 2,416 + 48,120 + 10,164 + 850 (C1, C3, C5, F6, output) for 10 classes, 1x32x32.
+    # docs/facts.md: 156 + 2,416 + 48,120 + 10,164 + 850 (C1, C3, C5, F6, output) for 10 classes, 1x32x32.
     model = meta_model("lenet5")
     assert n_params(model) == 61_706
     per_layer = [n_params(model.get_submodule(n)) for n in ("features.c1", "features.c3", "features.c5")]

@@ -14,8 +14,8 @@ from classicnets.models.summary import summarize
 def test_alexnet2012_totals_and_rows():
     s = summarize("alexnet2012")
     assert s.total_params == s.trainable_params == 60_965_224
-    assert s.macs == 724_406_816  # FACTS.md
-    assert s.flops == 1_448_813_632  # FACTS.md: what FlopCounterMode gives
+    assert s.macs == 724_406_816  # docs/facts.md
+    assert s.flops == 1_448_813_632  # docs/facts.md: what FlopCounterMode gives
     convs = [(r.name, r.output_shape, r.params, r.macs) for r in s.rows if r.type == "Conv2d"]
     assert convs[0] == ("features.conv1", [96, 55, 55], 34_944, 55 * 55 * 96 * 3 * 11 * 11)
     assert convs[1][1:] == ([256, 27, 27], 307_456, 27 * 27 * 256 * 48 * 5 * 5)  # groups=2: 48 inputs each
@@ -25,7 +25,7 @@ def test_alexnet2012_totals_and_rows():
 
 
 def test_alexnet_torchvision_macs():
-    assert summarize("alexnet").macs == 714_188_480  # FACTS.md (torchvision's "0.714 GFLOPS" are MACs)
+    assert summarize("alexnet").macs == 714_188_480  # docs/facts.md (torchvision's "0.714 GFLOPS" are MACs)
 
 
 @pytest.mark.parametrize("name", list_models())

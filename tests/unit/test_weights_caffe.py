@@ -25,7 +25,7 @@ from classicnets.weights import load_weights
 from classicnets.weights.caffe import read_caffe_npy
 from classicnets.weights.safe_npy import load_pickled_npy
 
-# bvlc_alexnet.npy shapes in TensorFlow layout (FACTS.md): HWIO kernels, (in, out) fully connected weights.
+# bvlc_alexnet.npy shapes in TensorFlow layout (docs/facts.md): HWIO kernels, (in, out) fully connected weights.
 TF_SHAPES = {
     "conv1": (11, 11, 3, 96),
     "conv2": (5, 5, 48, 256),
@@ -36,7 +36,7 @@ TF_SHAPES = {
     "fc7": (4096, 4096),
     "fc8": (4096, 1000),
 }
-BGR_MEAN = np.array([104.0, 117.0, 124.0])  # FACTS.md: Caffe's input convention
+BGR_MEAN = np.array([104.0, 117.0, 124.0])  # docs/facts.md: Caffe's input convention
 
 
 def random_layers(num_classes: int = 1000, seed: int = 0) -> dict[str, list[np.ndarray]]:

@@ -70,7 +70,7 @@ def test_torchvision_alexnet_layout_loads_with_imagenet_conventions(tmp_path, al
     loaded = model.state_dict()
     assert list(loaded) == list(TORCHVISION_ALEXNET)
     assert all(torch.equal(loaded[k], v) for k, v in alexnet_state.items())
-    assert sum(p.numel() for p in model.parameters()) == 61_100_840  # FACTS.md
+    assert sum(p.numel() for p in model.parameters()) == 61_100_840  # docs/facts.md
     pre = model.preprocessing
     assert (pre.mean, pre.std, pre.channel_order, pre.pixel_scale) == (IMAGENET_MEAN, IMAGENET_STD, "RGB", 1.0)
     assert pre.input_size == (3, 224, 224) and pre.resize_size == 256
