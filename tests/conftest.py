@@ -6,13 +6,20 @@ and training runs end to end on real data).
 - `digit_kit`: small real data sets cut from the MNIST digits shipped with classicnets (IDX files, folders of
   PNGs).
 - `is_png(path)`: whether a file is a PNG (by its signature).
+- `weights_server`: an HTTP server on 127.0.0.1 in a thread, serving bytes the test gives it (Range requests,
+  a connection cut half-way, HTTP errors, a pause mid-file), with CLASSICNETS_HOME set to an empty folder; no test
+  touches the internet.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +104,96 @@ def digit_kit() -> DigitKit:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@dataclass
+class WeightsServer:
+    """What the server serves and how it misbehaves; `requests` records (path, Range header) of every GET."""
+
+    port: int
+    files: dict[str, bytes] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    status: int | None = None  # answer every request with this HTTP status
+    cut_after: int | None = None  # send only this many bytes of a body, then close the connection ...
+    cuts: int = 0  # ... for this many requests
+    honour_range: bool = True
+    pause: threading.Event | None = None  # when set up, a body's second half waits for this event
+    started: threading.Event = field(default_factory=threading.Event)  # set when a body starts
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def publish(self, data: bytes, *, model: str, file: str = "w-00000000.pth", fmt: str = "torchvision",
+                sha256: str | None = None, size_bytes: int | None = None):  # fmt: skip
+        """Serve `data` as `file` and return the KnownWeights entry that points at it (its real SHA-256 prefix
+        unless `sha256` says otherwise)."""
+        from classicnets.models.registry import get_model_info
+        from classicnets.weights.known import KnownWeights
+
+        self.files[file] = data
+        return KnownWeights(
+            model=model, tag="imagenet", url=self.url(file),
+            sha256=sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()[:8], size_mib=len(data) / 2**20,
+            size_bytes=size_bytes, fmt=fmt, top1=50.0, top5=75.0, accuracy_source="tests", decimals=1, num_params=0,
+            preprocessing=get_model_info(model).preprocessing, publisher="tests", num_classes=10,
+        )  # fmt: skip
+
+
+def _weights_handler(server: WeightsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            name, wanted = self.path.lstrip("/"), self.headers.get("Range")
+            server.requests.append((name, wanted))
+            if server.status is not None or name not in server.files:
+                self.send_error(server.status or 404)
+                return
+            data, start = server.files[name], 0
+            if wanted and server.honour_range:
+                start = int(wanted.removeprefix("bytes=").split("-")[0])
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self._send_body(data[start:])
+
+        def _send_body(self, body: bytes) -> None:
+            server.started.set()
+            if server.cuts > 0 and server.cut_after is not None:
+                server.cuts -= 1
+                self.wfile.write(body[: server.cut_after])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            half = len(body) // 2
+            self.wfile.write(body[:half])
+            self.wfile.flush()
+            if server.pause is not None:
+                server.pause.wait(timeout=60)
+            self.wfile.write(body[half:])
+
+    return Handler
+
+
+@pytest.fixture
+def weights_server(tmp_path, monkeypatch) -> Iterator[WeightsServer]:
+    """A local HTTP server for weight downloads, and CLASSICNETS_HOME set to an empty folder of this test."""
+    monkeypatch.setenv("CLASSICNETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("classicnets.weights.hub.RETRY_WAIT_S", 0.0)
+    state = WeightsServer(port=0)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _weights_handler(state))
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield state
+    if state.pause is not None:
+        state.pause.set()
+    httpd.shutdown()
+    httpd.server_close()
