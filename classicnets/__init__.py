@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "create_model": "classicnets.models.registry",
+    "create_model": "classicnets.weights.pretrained",  # the registry's, plus weights="imagenet"
     "list_models": "classicnets.models.registry",
     "get_model_info": "classicnets.models.registry",
     "register_model": "classicnets.models.registry",
@@ -19,6 +19,7 @@ _API = {
     "summarize": "classicnets.models.summary",
     "ClassicNetsError": "classicnets.errors",
     "load_weights": "classicnets.weights",
+    "get_weights": "classicnets.weights.pretrained",
     "finetune_surgery": "classicnets.weights",
     "param_groups": "classicnets.weights",
     "fit": "classicnets.training.loop",

@@ -16,11 +16,25 @@ import sys
 from collections.abc import Sequence
 
 from classicnets import __version__
-from classicnets.cli import bench, demo, export, import_weights, models, predict, prepare, scan, summary, train
+from classicnets.cli import (
+    bench,
+    demo,
+    export,
+    import_weights,
+    models,
+    predict,
+    prepare,
+    scan,
+    summary,
+    train,
+    weights,
+)
 from classicnets.cli import eval as eval_cmd
 
 # Modules that add sub-commands, in the order `--help` lists them.
-COMMAND_MODULES = [models, summary, prepare, scan, train, eval_cmd, predict, demo, import_weights, export, bench]
+COMMAND_MODULES = [
+    models, summary, prepare, scan, train, eval_cmd, predict, demo, weights, import_weights, export, bench
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

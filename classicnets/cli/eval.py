@@ -15,7 +15,10 @@ PER_CLASS_LINES = 20
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[common], help="top-1/top-5, loss, per-class accuracy, confusion matrix")
-    p.add_argument("--weights", required=True, metavar="W", help="a run's best.pt (or any weights with classes)")
+    p.add_argument(
+        "--weights", required=True, metavar="W",
+        help="a run's best.pt, any weights with classes, or a known name (alexnet.imagenet)",
+    )  # fmt: skip
     p.add_argument(
         "--data", required=True, metavar="DIR", help="labelled images (a prepared folder: its test/ or val/)"
     )

@@ -16,10 +16,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Export a checkpoint (or any file `import` reads) for other tools. The written file is loaded "
         "back and compared with PyTorch on random inputs at batch sizes 1 and 2 (ONNX: with onnxruntime).",
     )
-    p.add_argument("--weights", required=True, metavar="W", help="checkpoint or other weight file to export")
+    p.add_argument("--weights", required=True, metavar="W", help="checkpoint, other weight file or known name")
     p.add_argument("--out", required=True, metavar="F", help="file to write (.safetensors, .onnx, .ts)")
     p.add_argument("--format", choices=EXPORT_FORMATS, help="export format (default: from the --out suffix)")
-    p.add_argument("--model", help="network name, when --weights is a torchvision state dict")
+    p.add_argument("--model", help="network name, when --weights is a torchvision state dict or a bare tag (imagenet)")
     p.add_argument("--from", dest="fmt", choices=IMPORT_FORMATS, default="auto", help="format of --weights")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, at least 17)")
     p.add_argument("--no-verify", action="store_true", help="skip running the exported file against PyTorch")

@@ -11,7 +11,7 @@ from classicnets.cli.args import add_runtime_flags
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predict", parents=[common], help="top-k classes of images or folders; optional picture grid")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--weights", required=True, metavar="W")
+    p.add_argument("--weights", required=True, metavar="W", help="checkpoint, weight file or name (resnet18.imagenet)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--grid", metavar="PNG", help="write the images with 'class, probability' above each")
     p.add_argument("--json", action="store_true", help="JSON lines: file, top-k, every class's probability")

@@ -69,7 +69,11 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_finetune_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--weights", default=KEEP, metavar="W", help="start from these weights (fine-tuning)")
+    g.add_argument(
+        "--weights", default=KEEP, metavar="W",
+        help="start from these weights (fine-tuning): a file, or a known name such as imagenet (with --model) or "
+        "alexnet.imagenet, downloaded once (`classicnets weights`)",
+    )  # fmt: skip
     g.add_argument("--num-classes", type=int, default=KEEP, help="classes of the new head (must match the data)")
     g.add_argument("--skip-layers", default=KEEP, metavar="L1,L2", help="layers re-initialised instead of loaded")
     g.add_argument("--freeze", default=KEEP, metavar="L1,L2", help="layers kept fixed")

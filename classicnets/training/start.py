@@ -40,6 +40,7 @@ from classicnets.training.setup import (
 from classicnets.training.state import RESUME_KEYS, Progress
 from classicnets.training.trainer import Trainer
 from classicnets.weights.checkpoint import load_checkpoint, model_from_checkpoint
+from classicnets.weights.known import weights_reference
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     model = build_training_model(cfg, num_classes, start=start)
     # The resolved config: what was left open is now written down, so config.yaml reproduces the run.
     m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
-    m.weights = str(Path(m.weights).resolve()) if m.weights else None
+    m.weights = weights_reference(m.weights, model.model_name) if m.weights else None  # a path, or a known name
     cfg.data.path = str(Path(str(cfg.data.path)).resolve())  # open_training_data refused a missing path
     cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers()
     cfg.train.device, cfg.train.precision = str(device), precision  # "cuda", not this process's "cuda:N"

@@ -6,6 +6,9 @@ Formats (told apart by their first bytes when fmt="auto"):
   after the safe load by the checkpoint's "format" field; the file does not name its network, `model` must;
 - "caffe-npy": bvlc_alexnet.npy (caffe.py), through the restricted unpickler;
 - "safetensors": our export (metadata names the model) or a plain state dict (then `model` must name it).
+
+Instead of a path, a known name (classicnets/weights/known.py): "alexnet.imagenet", or "imagenet" with `model`;
+the file is downloaded into the cache and checked first (classicnets/weights/hub.py), then read as above.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from classicnets.weights import caffe
 from classicnets.weights.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from classicnets.weights.checkpoint import VERSION as CHECKPOINT_VERSION
 from classicnets.weights.checkpoint import load_checkpoint, safe_torch_load
+from classicnets.weights.hub import fetch_weights
+from classicnets.weights.known import KnownWeights, find_known_weights
 from classicnets.weights.metadata import empty_model, is_ours, model_from_metadata
 from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state_dict
 
@@ -79,10 +84,18 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_weights(
-    path: str | os.PathLike, *, model: str | None = None, num_classes: int | None = None, fmt: str = "auto"
+    path: str | os.PathLike,
+    *,
+    model: str | None = None,
+    num_classes: int | None = None,
+    fmt: str = "auto",
+    progress: bool = True,
 ) -> ClassicNet:
     """Build the model that `path` holds weights for and load them strictly.
 
+    `path` is a file or the name of known pretrained weights ("alexnet.imagenet", or "imagenet" with `model`:
+    `classicnets weights` lists them), downloaded into the cache and checked on first use (a progress bar unless
+    `progress=False`); an existing file of the same name wins.
     `fmt`: "auto" (detect), "classicnets", "caffe-npy", "torchvision" or "safetensors". `model` names the network;
     it is required for torchvision state dicts (they do not say which network they belong to) and checked against
     the file otherwise. The model comes back with `.preprocessing` (Caffe's BGR/0-255/mean convention for
@@ -96,6 +109,9 @@ def load_weights(
         raise UsageError(f"unknown weight format {fmt!r}; choose one of {', '.join(IMPORT_FORMATS)}")
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"num_classes must be at least 1, got {num_classes}")
+    known = find_known_weights(path, model)
+    if known is not None:
+        return _load_known(known, num_classes=num_classes, fmt=fmt, progress=progress)
     path = Path(path)
     _check_file(path)
     source = str(path)
@@ -115,6 +131,15 @@ def load_weights(
     net.new_layers = []
     if num_classes is not None and num_classes != net.num_classes:
         replace_head(net, num_classes)
+    return net
+
+
+def _load_known(known: KnownWeights, *, num_classes: int | None, fmt: str, progress: bool) -> ClassicNet:
+    if fmt not in ("auto", known.fmt):
+        raise UsageError(f"{known.name} is a {known.fmt} file, not {fmt}")
+    path = fetch_weights(known, progress=progress)
+    net = load_weights(path, model=known.model, num_classes=num_classes, fmt=known.fmt)
+    net.preprocessing = known.preprocessing  # the publisher's (torchvision's V2 ResNets resize to 232, not 256)
     return net
 
 
