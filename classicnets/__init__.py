@@ -25,6 +25,11 @@ _API = {
     "fit": "classicnets.training.loop",
     "evaluate": "classicnets.inference.evaluation",
     "predict": "classicnets.inference.prediction",
+    "show_filters": "classicnets.inference.explain",
+    "show_activations": "classicnets.inference.explain",
+    "show_gradcam": "classicnets.inference.explain",
+    "show_neighbours": "classicnets.inference.explain",
+    "write_report": "classicnets.inference.report",
     "resolve_config": "classicnets.config",
 }
 

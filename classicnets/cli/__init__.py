@@ -24,7 +24,9 @@ from classicnets.cli import (
     models,
     predict,
     prepare,
+    report,
     scan,
+    show,
     summary,
     train,
     weights,
@@ -33,7 +35,8 @@ from classicnets.cli import eval as eval_cmd
 
 # Modules that add sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = [
-    models, summary, prepare, scan, train, eval_cmd, predict, demo, weights, import_weights, export, bench
+    models, summary, prepare, scan, train, eval_cmd, predict, show, report, demo, weights, import_weights, export,
+    bench,
 ]  # fmt: skip
 
 

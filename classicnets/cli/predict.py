@@ -14,13 +14,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--weights", required=True, metavar="W", help="checkpoint, weight file or name (resnet18.imagenet)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--grid", metavar="PNG", help="write the images with 'class, probability' above each")
+    p.add_argument("--gradcam", action="store_true", help="draw each image's Grad-CAM map on the grid (needs --grid)")
     p.add_argument("--json", action="store_true", help="JSON lines: file, top-k, every class's probability")
     add_runtime_flags(p)
     p.set_defaults(handler=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from classicnets.errors import UsageError
     from classicnets.inference.prediction import predict
+
+    if args.gradcam and not args.grid:
+        raise UsageError("--gradcam draws the heat maps on the picture grid: add --grid PNG")
 
     results = predict(
         args.weights,
@@ -30,6 +35,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         grid=args.grid,
+        gradcam=args.gradcam,
     )
     if args.json:
         for r in results:

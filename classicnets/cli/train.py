@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="train or fine-tune a model on a folder of images; writes a run folder",
         description="Train a model. Settings come from the defaults, then --config, then these flags. "
-        "Writes RUN/config.yaml, classes.json, split.json, metrics.csv, last.pt, best.pt, loss.png, accuracy.png, "
-        "confusion_matrix.png. Ctrl-C or SIGTERM saves last.pt and exits 130/143; continue with --resume RUN. "
+        "Writes RUN/config.yaml, command.txt, classes.json, split.json, metrics.csv, last.pt, best.pt, loss.png, "
+        "accuracy.png, confusion_matrix.png and, at the end, report.html. Ctrl-C or SIGTERM saves last.pt and "
+        "exits 130/143; continue with --resume RUN. "
         "Several processes or machines: torchrun --nproc-per-node N -m classicnets train ... (docs/torchrun.md).",
     )
     p.add_argument("--model", default=KEEP, help="model name (see `classicnets models`)")
@@ -65,6 +66,12 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--threads", type=int, default=KEEP, help="CPU threads (default: one per core)")
     g.add_argument(
         "--sync-bn", action="store_true", default=KEEP, help="torchrun on CUDA: BatchNorm statistics over all GPUs"
+    )
+    g.add_argument(
+        "--tensorboard", action="store_true", default=KEEP, help="also log each epoch to RUN/tensorboard"
+    )
+    g.add_argument(
+        "--no-report", dest="report", action="store_false", default=KEEP, help="do not write RUN/report.html"
     )
 
 
@@ -125,6 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"best validation top-1 {100 * best['val_top1']:.2f}% (epoch {best['epoch']}, loss {best['val_loss']:.4f})\n"
         f"run folder {result.run_dir}: config.yaml classes.json split.json metrics.csv last.pt best.pt "
         "loss.png accuracy.png confusion_matrix.png"
+        + (" report.html" if (result.run_dir / "report.html").is_file() else "")
     )
     return 0
 

@@ -79,6 +79,8 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms during the run (bit-exact resume on CPU)
     threads: int | None = None  # CPU threads for the run; None: torch's default (one per core)
     sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm, batch statistics over all GPUs (refused on CPU)
+    tensorboard: bool = False  # also log every epoch to RUN/tensorboard (needs the tensorboard package)
+    report: bool = True  # write RUN/report.html at the end of the run (classicnets report RUN writes it any time)
 
 
 @dataclass
@@ -124,6 +126,8 @@ FLAG_KEYS = {
     "compile": "train.compile",
     "threads": "train.threads",
     "sync_bn": "train.sync_bn",
+    "tensorboard": "train.tensorboard",
+    "report": "train.report",
     "out": "train.out",
 }
 

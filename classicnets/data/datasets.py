@@ -82,7 +82,15 @@ class FileDataset(ImageDataset):
 class InMemoryDataset(ImageDataset):
     """Images already decoded into one uint8 tensor N x H x W (grayscale) or N x C x H x W (e.g. IDX digits)."""
 
-    def __init__(self, images: torch.Tensor, targets: Sequence[int], classes: Sequence[str], *, source: str):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: Sequence[int],
+        classes: Sequence[str],
+        *,
+        source: str,
+        origin: Sequence[int] | None = None,
+    ):
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
             shape = tuple(images.shape)
             raise ValueError(f"images must be a uint8 N x H x W or N x C x H x W tensor, got {images.dtype} {shape}")
@@ -94,14 +102,18 @@ class InMemoryDataset(ImageDataset):
         self.source = str(source)
         self.in_chans = 1 if images.dim() == 3 else images.shape[1]
         self.name = os.path.basename(self.source)
+        # Each sample's index in the source file: a subset (a validation split) still names its images as the
+        # file numbers them.
+        self.origin = list(origin) if origin is not None else None
 
     def describe(self, index: int) -> str:
-        return f"{self.name}#{index}"
+        return f"{self.name}#{self.origin[index] if self.origin is not None else index}"
 
     def subset(self, indices: Sequence[int]) -> InMemoryDataset:
-        index = torch.as_tensor(list(indices), dtype=torch.long)
+        index = torch.as_tensor(list(indices), dtype=torch.long).tolist()
+        origin = [self.origin[i] for i in index] if self.origin is not None else index
         return InMemoryDataset(
-            self.images[index], [self.targets[i] for i in index.tolist()], self.classes, source=self.source
+            self.images[index], [self.targets[i] for i in index], self.classes, source=self.source, origin=origin
         )
 
     def load(self, index: int, *, mode: str | None = None, draft_short_side: int | None = None) -> Image.Image:

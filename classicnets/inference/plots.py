@@ -20,7 +20,14 @@ ANNOTATE_MAX_CLASSES = 20
 TICKS_MAX_CLASSES = 50
 
 
-def _figure(width: float, height: float):
+# Grad-CAM heat maps drawn over an image: the colour map and opacity of the paper's figures (Selvaraju et al. 2017
+# overlay a jet-coloured map on the photo) at an opacity that keeps the photo readable underneath.
+HEAT_CMAP = "jet"
+HEAT_ALPHA = 0.45
+
+
+def figure(width: float, height: float):
+    """A matplotlib Figure on an Agg canvas (no pyplot, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,25 +36,29 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike | None = None, *, dpi: float | None = None) -> bytes:
+    """The figure as PNG bytes, written atomically to `path` when given."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=dpi)
+    data = buffer.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, data)
+    return data
 
 
 def plot_curves(history: Sequence[dict], loss_path: str | os.PathLike, accuracy_path: str | os.PathLike) -> None:
     """loss.png (train and validation loss) and accuracy.png (train accuracy, validation top-1 and top-5)."""
     epochs = [row["epoch"] for row in history]
-    fig = _figure(6, 4)
+    fig = figure(6, 4)
     ax = fig.add_subplot()
     ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
     ax.plot(epochs, [row["val_loss"] for row in history], "s-", label="validation")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, loss_path)
+    save_figure(fig, loss_path)
 
-    fig = _figure(6, 4)
+    fig = figure(6, 4)
     ax = fig.add_subplot()
     ax.plot(epochs, [100 * row["train_acc"] for row in history], "o-", label="train top-1")
     ax.plot(epochs, [100 * row["val_top1"] for row in history], "s-", label="validation top-1")
@@ -55,19 +66,24 @@ def plot_curves(history: Sequence[dict], loss_path: str | os.PathLike, accuracy_
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, accuracy_path)
+    save_figure(fig, accuracy_path)
 
 
 def plot_confusion(
-    counts: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, *, title: str = "Confusion matrix"
-) -> None:
-    """Rows: true class, columns: predicted class; colour = fraction of the true class, numbers = counts."""
+    counts: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | os.PathLike | None,
+    *,
+    title: str = "Confusion matrix",
+) -> bytes:
+    """Rows: true class, columns: predicted class; colour = fraction of the true class, numbers = counts.
+    Returns the PNG (also written to `path` when given)."""
     matrix = np.asarray(counts, dtype=np.int64)
     n = len(classes)
     totals = matrix.sum(axis=1, keepdims=True)
     fraction = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
     size = min(4 + 0.45 * n, 16)
-    fig = _figure(size + 1, size)
+    fig = figure(size + 1, size)
     ax = fig.add_subplot()
     image = ax.imshow(fraction, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
@@ -81,7 +97,7 @@ def plot_confusion(
                     colour = "white" if fraction[t, p] > 0.5 else "black"
                     ax.text(p, t, str(matrix[t, p]), ha="center", va="center", color=colour, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    _save(fig, path)
+    return save_figure(fig, path)
 
 
 def to_display(image) -> np.ndarray:
@@ -93,19 +109,36 @@ def to_display(image) -> np.ndarray:
 
 
 def plot_image_grid(
-    images: Sequence, titles: Sequence[str], path: str | os.PathLike, *, columns: int = 6, title: str | None = None
-) -> None:
-    """Each image with its caption above it (e.g. "cat, 0.93"), `columns` per row."""
+    images: Sequence,
+    titles: Sequence[str],
+    path: str | os.PathLike | None,
+    *,
+    columns: int = 6,
+    title: str | None = None,
+    heat: Sequence | None = None,
+    size: float = 2.2,
+) -> bytes:
+    """Each image with its caption above it (e.g. "cat, 0.93"), `columns` per row; with `heat`, each image's
+    Grad-CAM map (H x W in [0, 1]) drawn over it. Returns the PNG (also written to `path` when given)."""
     count = max(1, len(images))
     columns = min(columns, count)
     rows = (count + columns - 1) // columns
-    fig = _figure(2.2 * columns, 2.4 * rows + (0.4 if title else 0))
+    fig = figure(size * columns, (size + 0.2) * rows + (0.4 if title else 0))
     for i, (image, caption) in enumerate(zip(images, titles, strict=True)):
         ax = fig.add_subplot(rows, columns, i + 1)
-        a = to_display(image)
-        ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=255)
+        show_image(ax, image, None if heat is None else heat[i])
         ax.set_title(caption, fontsize=9)
-        ax.axis("off")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    return save_figure(fig, path)
+
+
+def show_image(ax, image, heat=None) -> None:
+    """A uint8 image on `ax` (grayscale or colour), with a heat map over it when given; no axes."""
+    a = to_display(image)
+    ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=255)
+    if heat is not None:
+        h = heat.detach().cpu().numpy() if hasattr(heat, "detach") else np.asarray(heat)
+        box = (-0.5, a.shape[1] - 0.5, a.shape[0] - 0.5, -0.5)  # the image's own pixel grid
+        ax.imshow(h, cmap=HEAT_CMAP, alpha=HEAT_ALPHA, vmin=0, vmax=1, extent=box)
+    ax.axis("off")

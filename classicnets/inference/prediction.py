@@ -32,6 +32,7 @@ class Prediction:
     probabilities: list[float]  # their probabilities
     all_probabilities: dict[str, float] = field(repr=False)  # every class (sums to 1)
     image: Any = field(default=None, repr=False)  # uint8 C x H x W, what the model saw
+    heatmap: Any = field(default=None, repr=False)  # with gradcam=True: H x W in [0, 1], the top class's Grad-CAM
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,22 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def read_images(files: Sequence[Path], geometry: Any) -> list[tuple[str, torch.Tensor]]:
+    """(file, uint8 C x H x W as the model sees it: `geometry` is the evaluation ImageTransform) of each readable
+    file; an unreadable one is skipped with a warning."""
+    from classicnets.data import BadImageError, decode_image
+
+    read = []
+    for path in files:
+        try:
+            img = decode_image(path, mode=geometry.mode, draft_short_side=geometry.draft_short_side)
+        except BadImageError as e:
+            log.warning("skipped %s: %s (%s)", path, e.code, e.detail)
+            continue
+        read.append((str(path), geometry(img)))
+    return read
+
+
 def predict(
     weights: str | os.PathLike | ClassicNet,
     inputs: Sequence[str | os.PathLike],
@@ -77,12 +94,15 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     grid: str | os.PathLike | None = None,
+    gradcam: bool = False,
 ) -> list[Prediction]:
     """Classify every image in `inputs` (files or folders) with `weights` (a file or a model with .classes and
-    .preprocessing). Unreadable images are skipped with a warning. With `grid`, writes the picture there."""
+    .preprocessing). Unreadable images are skipped with a warning. With `grid`, writes the picture there; with
+    `gradcam`, each prediction gets the Grad-CAM map of its top class (`.heatmap`), drawn over the grid's images."""
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
-    from classicnets.data import BadImageError, BatchTransform, ImageTransform, decode_image
+    from classicnets.data import BatchTransform, ImageTransform
+    from classicnets.inference.gradcam import grad_cam
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -96,23 +116,17 @@ def predict(
     to_float = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
     predictions: list[Prediction] = []
     for start in range(0, len(files), batch_size):
-        batch, names = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                img = decode_image(path, mode=geometry.mode, draft_short_side=geometry.draft_short_side)
-            except BadImageError as e:
-                log.warning("skipped %s: %s (%s)", path, e.code, e.detail)
-                continue
-            batch.append(geometry(img))
-            names.append(str(path))
-        if not batch:
+        read = read_images(files[start : start + batch_size], geometry)
+        if not read:
             continue
-        images = torch.stack(batch)
+        images = torch.stack([image for _, image in read])
+        x = to_float(images.to(dev))
         with torch.inference_mode(), autocast(dev, prec):
-            logits = net(to_input_layout(to_float(images.to(dev)), net))
+            logits = net(to_input_layout(x, net))
         probs = logits.float().softmax(dim=1).cpu()
         top = probs.topk(k, dim=1)
-        for i, name in enumerate(names):
+        heat = grad_cam(net, x, top.indices[:, 0].to(dev))[0] if gradcam else [None] * len(read)
+        for i, (name, _) in enumerate(read):
             predictions.append(
                 Prediction(
                     name,
@@ -120,6 +134,7 @@ def predict(
                     top.values[i].tolist(),
                     dict(zip(classes, probs[i].tolist(), strict=True)),
                     images[i],
+                    heat[i],
                 )
             )
     if not predictions:
@@ -136,9 +151,12 @@ def write_grid(predictions: Sequence[Prediction], path: str | os.PathLike) -> No
     shown = list(predictions[:GRID_MAX_IMAGES])
     if len(predictions) > len(shown):
         log.info("the grid shows the first %d of %d images", len(shown), len(predictions))
+    with_heat = all(p.heatmap is not None for p in shown)
     plot_image_grid(
         [p.image for p in shown],
         [f"{p.classes[0]}, {p.probabilities[0]:.2f}" for p in shown],
         path,
         columns=min(8, len(shown)),
+        heat=[p.heatmap for p in shown] if with_heat else None,
+        title="Grad-CAM of the predicted class (red: strongest evidence)" if with_heat else None,
     )

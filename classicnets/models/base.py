@@ -28,6 +28,9 @@ class ClassicNet(nn.Module):
     extra_heads: tuple[str, ...] = ()
     # The paper's layer names -> dotted module names, for fine-tuning flags (--skip-layers fc8, --freeze-until conv5).
     layer_names: dict[str, str] = {}
+    # The layer Grad-CAM looks at by default (inference/layers.py): None = the last convolution with a map larger
+    # than 1x1; models whose last stage is a block of several convolutions name the block.
+    cam_layer: str | None = None
     # Set on every instance by create_model and the weight loaders (declared here so code and type checkers know):
     preprocessing: Preprocessing  # how images become this model's input
     model_name: str  # the registered name that rebuilds it: create_model(model_name, **model_kwargs)

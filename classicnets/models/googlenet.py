@@ -82,6 +82,7 @@ class GoogLeNet(ClassicNet):
 
     min_input_size = 15  # the ceil-mode poolings need 15x15 to keep a pixel (found by search, pinned in tests)
     head = "fc"
+    cam_layer = "inception5b"  # the concatenation of the last inception block's four branches
     extra_heads = ("aux1.fc2", "aux2.fc2")
 
     def __init__(

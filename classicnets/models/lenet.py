@@ -26,6 +26,11 @@ class LeNet5(ClassicNet):
 
     min_input_size = 32
     head = "classifier.output"
+    # The paper's names (Fig. 2), for pictures and fine-tuning flags (--skip-layers F6, show filters --layer C3).
+    layer_names = {
+        "C1": "features.c1", "S2": "features.s2", "C3": "features.c3", "S4": "features.s4", "C5": "features.c5",
+        "F6": "classifier.f6", "output": "classifier.output",
+    }  # fmt: skip
 
     def __init__(
         self, num_classes: int = 10, in_chans: int = 1, *, activation: str = "tanh", pool: str = "avg"

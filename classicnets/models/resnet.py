@@ -73,6 +73,7 @@ class Bottleneck(nn.Module):
 class ResNet(ClassicNet):
     min_input_size = 1
     head = "fc"
+    cam_layer = "layer4"  # the last stage's output (after the residual additions), as Grad-CAM ports use
 
     def __init__(
         self,

@@ -122,6 +122,10 @@ def train_epochs(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | N
                 f"process {ctx.rank} of {ctx.world_size} lost contact with the others ({first_line(e)}); "
                 "one of them failed or was stopped: its own message says why"
             ) from None
+        finally:
+            trainer.run_folder.close()
+    if cfg.train.report:  # after the stop handlers are gone: everything is saved, the report only adds a page
+        trainer.run_folder.write_report(trainer.data, device=str(trainer.device))
     best = state.best
     log.info(
         "done: best validation top-1 %.2f%% at epoch %d; run folder %s",

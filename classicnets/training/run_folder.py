@@ -3,24 +3,32 @@
     config.yaml           the fully resolved config (itself a valid --config recipe)
     classes.json          class names in label order
     split.json            how the validation set was chosen (folder split, or seed + held-out indices)
+    command.txt           the command line of the start and of every resume, one line each, with the time
     metrics.csv           one row per epoch (METRIC_COLUMNS)
     last.pt, best.pt      checkpoints (last: everything to resume; best: the best validation top-1, for eval/predict)
-    loss.png, accuracy.png, confusion_matrix.png
+    loss.png, accuracy.png, confusion_matrix.png (and confusion.json, its counts: the best epoch's)
+    report.html           everything above on one self-contained page (classicnets.inference.report), at the end
+    tensorboard/          with train.tensorboard: TensorBoard event files (training/tensorboard.py)
 
-Every write goes through classicnets.fileio (temporary file, flush, fsync, rename) and only happens on the main
-process (`is_main`), so under torchrun the other ranks write nothing.
+Every write goes through classicnets.fileio (temporary file, flush, fsync, rename), except TensorBoard's event files,
+which are append-only logs by design, and only happens on the main process (`is_main`), so under torchrun the other
+ranks write nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from classicnets.errors import UsageError
+from classicnets.errors import UsageError, first_line
 from classicnets.fileio import atomic_write_text
 from classicnets.weights.checkpoint import save_checkpoint
 
@@ -43,6 +51,17 @@ RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
 
 def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def run_weights(path: str | os.PathLike) -> Path:
+    """A weight file as given; for a run folder, its best.pt (last.pt when no epoch finished as best yet)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "last.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise UsageError(f"{path}: a folder without best.pt or last.pt; give a run folder or a weight file")
 
 
 def choose_run_folder(out: str | None, model_name: str) -> Path:
@@ -68,6 +87,7 @@ class RunFolder:
     def __init__(self, path: str | Path, *, is_main: bool = True) -> None:
         self.path = Path(path)
         self.is_main = is_main
+        self.tensorboard: Any = None  # a TensorBoardLog while a run with train.tensorboard is going
 
     @property
     def last(self) -> Path:
@@ -84,6 +104,15 @@ class RunFolder:
         atomic_write_text(self.path / "config.yaml", config_yaml)
         atomic_write_text(self.path / "classes.json", json.dumps(classes, indent=1) + "\n")
         atomic_write_text(self.path / "split.json", json.dumps(split) + "\n")
+
+    def record_command(self) -> None:
+        """Add this process's command line to command.txt (the start, then each resume)."""
+        if not self.is_main:
+            return
+        path = self.path / "command.txt"
+        before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        atomic_write_text(path, f"{before}{when}  {command_line()}\n")
 
     def write_metrics(self, history: list[dict[str, float]]) -> None:
         if not self.is_main:
@@ -107,12 +136,57 @@ class RunFolder:
         plot_curves(history, self.path / "loss.png", self.path / "accuracy.png")
 
     def plot_confusion(self, counts: list[list[int]], classes: list[str], epoch: int) -> None:
+        """confusion_matrix.png and its numbers, confusion.json (what the report lists the most-confused pairs from)."""
         if not self.is_main:
             return
         from classicnets.inference.plots import plot_confusion
 
         title = f"Validation confusion matrix (best epoch, {epoch})"
         plot_confusion(counts, classes, self.path / "confusion_matrix.png", title=title)
+        record = {"epoch": epoch, "classes": classes, "counts": counts}
+        atomic_write_text(self.path / "confusion.json", json.dumps(record) + "\n")
+
+    def open_tensorboard(self, first_epoch: int) -> None:
+        if self.is_main:
+            from classicnets.training.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.path / "tensorboard", first_epoch=first_epoch)
+
+    def log_epoch(self, row: dict[str, float], counts: list[list[int]], classes: list[str]) -> None:
+        """The epoch's numbers and confusion matrix in TensorBoard (with train.tensorboard)."""
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(row, counts, classes)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def write_report(self, data: Any, device: str) -> None:
+        """report.html. A report that fails is a warning, never a lost run: everything else is saved by then."""
+        if not self.is_main:
+            return
+        from classicnets.inference.report import write_report
+
+        try:
+            write_report(self.path, data=data, device=device)
+        except Exception as e:  # noqa: BLE001 - any failure here must leave the finished run as it is
+            log.warning("the run is complete, but report.html could not be written (%s); try: classicnets report %s",
+                        first_line(e), self.path)  # fmt: skip
+
+
+def command_line() -> str:
+    """The command that is running, as a person would type it again: `classicnets ...` for the command (also under
+    `python -m classicnets`), `python script.py ...` for a script calling fit(); under torchrun, with its world size."""
+    argv = list(sys.argv)
+    program = Path(argv[0]).name if argv else "python"
+    if program in ("classicnets", "__main__.py"):
+        line = shlex.join(["classicnets", *argv[1:]])
+    else:
+        line = shlex.join(["python", *argv])
+    if "WORLD_SIZE" in os.environ:
+        line = f"torchrun ({os.environ['WORLD_SIZE']} processes) -m {line}"
+    return line
 
 
 def _fmt(value: float) -> str:

@@ -7,6 +7,7 @@ line and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,26 @@ def open_training_data(
         _shorten(train.classes),
     )
     return TrainingData(train, val, list(train.classes), split)
+
+
+def open_run_data(run_dir: Path) -> TrainingData:
+    """The training and validation images of a finished run, split exactly as the run split them (its config.yaml:
+    data path, validation fraction, seed)."""
+    from classicnets.config import resolve_config
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UsageError(f"{run_dir}: no config.yaml; give a run folder that `classicnets train` wrote")
+    cfg = resolve_config(config_path)
+    d = cfg.data
+    data = open_training_data(
+        d.path, in_chans=default_in_chans(cfg), val_fraction=d.val_fraction, seed=cfg.train.seed,
+        allow_empty=d.allow_empty,
+    )  # fmt: skip
+    split_path = run_dir / "split.json"
+    if split_path.is_file() and json.loads(split_path.read_text(encoding="utf-8")) != data.split:
+        raise DataError(f"{d.path}: the data changed since {run_dir} was trained (its split.json differs)")
+    return data
 
 
 def _check_classes(path: str, classes: list[str]) -> None:

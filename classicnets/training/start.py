@@ -56,10 +56,16 @@ RESUME_MAY_CHANGE = {
     "train.compile",
     "train.threads",
     "train.sync_bn",
+    "train.tensorboard",
+    "train.report",
 }
 
 
 def _runtime(config: Config) -> tuple[torch.device, str]:
+    if config.train.tensorboard:
+        from classicnets.training.tensorboard import check_available
+
+        check_available()  # before the run folder exists
     device = resolve_device(config.train.device)
     check_sync_bn(config.train.sync_bn, device)
     return device, resolve_precision(config.train.precision, device)

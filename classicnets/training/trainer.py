@@ -128,6 +128,7 @@ class Trainer:
             log.info("torchrun: %s", describe(self.ctx, cfg.train.batch_size))
         if self.resume_from is None:
             self.run_folder.write_start(cfg.to_yaml(), self.data.classes, self.data.split)
+            self._open_logs()
             log.info(
                 "run folder %s (%s, %d epochs, %s, %s)",
                 self.run_folder.path,
@@ -143,10 +144,16 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.run_folder.write_start(cfg.to_yaml(), self.data.classes, self.data.split)  # epochs may have changed
+        self._open_logs()
         restore_rng(ckpt["rng"])  # last: nothing may draw random numbers between this and the first step
         self.resume_from = None
         state = self.state
         log.info("resuming %s at epoch %d, step %d", self.run_folder.path, state.epoch + 1, state.step_in_epoch)
+
+    def _open_logs(self) -> None:
+        self.run_folder.record_command()
+        if self.config.train.tensorboard:
+            self.run_folder.open_tensorboard(first_epoch=self.state.epoch)
 
     def train_steps(self, epoch: int, *, start: int = 0) -> Iterator[tuple[float, Any, Any]]:
         """Train one epoch from step `start` (earlier batches are drawn and skipped, so the order is unchanged).
@@ -252,6 +259,7 @@ class Trainer:
             self.run_folder.plot_confusion(confusion.to_list(), self.data.classes, int(row["epoch"]))
         self.run_folder.write_metrics(state.history)
         self.run_folder.plot_curves(state.history)
+        self.run_folder.log_epoch(row, confusion.to_list(), self.data.classes)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 

@@ -47,8 +47,8 @@ def finished_run(digits, tmp_path_factory):
 def test_run_folder_holds_everything_the_issue_lists(finished_run, digits, is_png):
     run = finished_run.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "accuracy.png", "best.pt", "classes.json", "config.yaml", "confusion_matrix.png", "last.pt", "loss.png",
-        "metrics.csv", "split.json",
+        "accuracy.png", "best.pt", "classes.json", "command.txt", "config.yaml", "confusion.json",
+        "confusion_matrix.png", "last.pt", "loss.png", "metrics.csv", "report.html", "split.json",
     ]  # fmt: skip
     assert all(is_png(run / name) for name in ("accuracy.png", "loss.png", "confusion_matrix.png"))
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -130,6 +130,7 @@ def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_pat
     result = fit(resume=tmp_path / "run")
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert_same_run(uninterrupted, tmp_path / "run")
+    assert len((tmp_path / "run" / "command.txt").read_text().splitlines()) == 2  # the start and the resume
 
 
 def test_resume_from_the_middle_of_an_epoch_is_bit_identical(photos, uninterrupted, tmp_path, monkeypatch):

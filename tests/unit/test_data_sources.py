@@ -35,6 +35,7 @@ def test_mnist_idx_parses_with_known_label_counts(shared_data):
     assert int(ds.images[0].max()) == 255 and int(ds.images[0].min()) == 0
     sub = ds.subset([3, 1])
     assert sub.targets == [ds.targets[3], ds.targets[1]] and torch.equal(sub.images[1], ds.images[1])
+    assert sub.describe(0) == "t10k-images-idx3-ubyte.gz#3" and sub.subset([1]).describe(0).endswith("#1")
 
 
 def write_idx(path, array: np.ndarray, compress=False):
