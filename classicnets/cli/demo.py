@@ -30,7 +30,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("predictions on a few held-out digits (true label in the file name):")
     for p in result.predictions:
         print(f"  {Path(p.file).name:<22} -> {p.classes[0]}  ({p.probabilities[0]:.3f})")
-    print(f"\nrun folder {result.run_dir}: metrics.csv, loss.png, accuracy.png, confusion_matrix.png, best.pt, ...")
+    print(f"\nrun folder {result.run_dir}: report.html (the run on one page), metrics.csv, loss.png, best.pt, ...")
     print(f"test pictures: {result.run_dir / 'eval'}; prediction grid: {result.grid}")
     print(f"next: classicnets eval --weights {result.run_dir / 'best.pt'} --data {result.test_data}")
     return 0

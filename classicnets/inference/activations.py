@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from classicnets.errors import UsageError
-from classicnets.inference.layers import capture_outputs, conv_layers, find_layer, label_of
+from classicnets.inference.layers import capture_outputs, conv_layers, find_layer, is_map, label_of
 from classicnets.models.base import ClassicNet, unwrap_model
 
 # Layers shown when none are named: the convolutions with a map larger than 1x1, at most this many, spread evenly
@@ -24,7 +24,7 @@ class LayerMaps:
 
 
 def default_layers(model: ClassicNet) -> list[str]:
-    spatial = [c.name for c in conv_layers(model) if c.output_shape[-1] * c.output_shape[-2] > 1]
+    spatial = [c.name for c in conv_layers(model) if is_map(c)]
     if len(spatial) <= DEFAULT_MAX_LAYERS:
         return spatial
     picks = np.linspace(0, len(spatial) - 1, DEFAULT_MAX_LAYERS).round().astype(int)

@@ -15,6 +15,10 @@ from torch import nn
 from classicnets.errors import UsageError
 from classicnets.models.base import ClassicNet, unwrap_model
 
+# What may follow a convolution before its map is final: normalisation, then the activation function.
+NORMS = (nn.BatchNorm2d, nn.LocalResponseNorm)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -41,15 +45,16 @@ def find_layer(model: ClassicNet, name: str) -> str:
     return resolve_layer(model, name)
 
 
-def conv_layers(model: ClassicNet) -> list[Layer]:
-    """Every nn.Conv2d in the order the forward pass first runs it, with its output shape for one image at the
-    model's input size (one probe forward pass on zeros)."""
+def forward_order(model: ClassicNet) -> list[Layer]:
+    """Every leaf module (one without children) in the order the forward pass first runs it, with its output
+    shape for one image at the model's input size (one probe forward pass on zeros)."""
     net = unwrap_model(model)
-    names: dict[nn.Module, str] = {m: n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    names: dict[nn.Module, str] = {m: n for n, m in net.named_modules() if n and not any(True for _ in m.children())}
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(module: nn.Module, _inputs, output) -> None:
-        shapes.setdefault(names[module], tuple(output.shape[1:]))
+        if isinstance(output, torch.Tensor):
+            shapes.setdefault(names[module], tuple(output.shape[1:]))
 
     with _hooks([m.register_forward_hook(record) for m in names]), torch.no_grad():
         net(_probe_input(net))
@@ -58,17 +63,36 @@ def conv_layers(model: ClassicNet) -> list[Layer]:
     return [Layer(n, labels.get(n, n), modules[n], shape) for n, shape in shapes.items()]
 
 
+def conv_layers(model: ClassicNet) -> list[Layer]:
+    """Every nn.Conv2d in forward order, with its output shape (forward_order)."""
+    return [layer for layer in forward_order(model) if isinstance(layer.module, nn.Conv2d)]
+
+
 def gradcam_layer(model: ClassicNet) -> str:
     """The layer Grad-CAM looks at by default: the model's own choice (`cam_layer`: the last block of ResNet and
     GoogLeNet), else the last convolution whose map is larger than 1x1 (conv5 of AlexNet; C3 of LeNet-5, whose
-    C5 map is 1x1 and could not show where anything is)."""
+    C5 map is 1x1 and could not show where anything is), taken after its activation function (and a BatchNorm
+    between them) when one follows: Grad-CAM's own code reads Caffe's conv5 / relu5_3 blobs, which Caffe's in-place
+    ReLU has already rectified (Selvaraju et al. 2017, https://github.com/ramprs/grad-cam)."""
     net = unwrap_model(model)
     if getattr(net, "cam_layer", None):
         return str(net.cam_layer)
-    spatial = [layer for layer in conv_layers(net) if layer.output_shape[-1] * layer.output_shape[-2] > 1]
+    order = forward_order(net)
+    spatial = [i for i, layer in enumerate(order) if isinstance(layer.module, nn.Conv2d) and is_map(layer)]
     if not spatial:
         raise UsageError(f"{type(net).__name__} has no convolution with a map larger than 1x1 for Grad-CAM")
-    return spatial[-1].name
+    conv = order[spatial[-1]]
+    for layer in order[spatial[-1] + 1 :]:
+        if layer.output_shape != conv.output_shape or not isinstance(layer.module, NORMS + ACTIVATIONS):
+            break
+        if isinstance(layer.module, ACTIVATIONS):
+            return layer.name
+    return conv.name
+
+
+def is_map(layer: Layer) -> bool:
+    """A map larger than 1x1: something Grad-CAM can localise in."""
+    return len(layer.output_shape) == 3 and layer.output_shape[-1] * layer.output_shape[-2] > 1
 
 
 def feature_label(model: ClassicNet) -> str:

@@ -124,8 +124,8 @@ def train_epochs(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | N
             ) from None
         finally:
             trainer.run_folder.close()
-    if cfg.train.report:  # after the stop handlers are gone: everything is saved, the report only adds a page
-        trainer.run_folder.write_report(trainer.data, device=str(trainer.device))
+    if cfg.train.report and trainer.run_folder.is_main:  # after the stop handlers: everything is saved by now
+        _write_report(trainer)
     best = state.best
     log.info(
         "done: best validation top-1 %.2f%% at epoch %d; run folder %s",
@@ -209,6 +209,18 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
         row["images_per_s"],
     )
     return row
+
+
+def _write_report(trainer: Trainer) -> None:
+    """report.html. A report that fails is a warning, never a lost run."""
+    from classicnets.inference.report import write_report
+
+    folder = trainer.run_folder.path
+    try:
+        write_report(folder, data=trainer.data, device=str(trainer.device))
+    except Exception as e:  # any failure here must leave the finished run as it is
+        log.warning("the run is complete, but report.html could not be written (%s); try: classicnets report %s",
+                    first_line(e), folder)  # fmt: skip
 
 
 def _interrupted(trainer: Trainer, stop: StopRequest, *, agreed: bool = True) -> TrainingInterrupted:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from classicnets.errors import UsageError, first_line
+from classicnets.errors import UsageError
 from classicnets.fileio import atomic_write_text
 from classicnets.weights.checkpoint import save_checkpoint
 
@@ -161,18 +161,6 @@ class RunFolder:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
-
-    def write_report(self, data: Any, device: str) -> None:
-        """report.html. A report that fails is a warning, never a lost run: everything else is saved by then."""
-        if not self.is_main:
-            return
-        from classicnets.inference.report import write_report
-
-        try:
-            write_report(self.path, data=data, device=device)
-        except Exception as e:  # noqa: BLE001 - any failure here must leave the finished run as it is
-            log.warning("the run is complete, but report.html could not be written (%s); try: classicnets report %s",
-                        first_line(e), self.path)  # fmt: skip
 
 
 def command_line() -> str:

@@ -63,7 +63,7 @@ def square_image() -> torch.Tensor:
 
 def test_gradcam_peaks_in_the_region_holding_the_class_evidence():
     model = BrightOrDark().eval()
-    assert gradcam_layer(model) == "features.0"
+    assert gradcam_layer(model) == "features.1"  # the convolution's rectified output
     inside = torch.zeros(32, 32, dtype=torch.bool)
     inside[SQUARE] = True
     maps, logits = grad_cam(model, square_image(), torch.tensor([0]))
@@ -98,8 +98,9 @@ def test_gradcam_through_show_gradcam_and_predict_uses_the_named_or_predicted_cl
 @pytest.mark.parametrize(
     ("name", "cam", "features", "convolutions"),
     [
-        ("lenet5", "features.c3", "F6", 3),  # C5's map is 1x1 at 32x32: nothing to localise
-        ("alexnet2012", "features.conv5", "fc7", 5),
+        ("lenet5", "features.act3", "F6", 3),  # after C3: C5's map is 1x1 at 32x32, nothing to localise
+        ("alexnet2012", "features.relu5", "fc7", 5),  # conv5 rectified, as Caffe's in-place ReLU leaves it
+        ("vgg11_bn", "features.27", "classifier.3", 8),  # the last conv (25), its BatchNorm (26), its ReLU (27)
         ("resnet18", "layer4", "pooled features", 20),
     ],
 )
