@@ -9,6 +9,7 @@ and training runs end to end on real data).
 - `weights_server`: an HTTP server on 127.0.0.1 in a thread, serving bytes the test gives it (Range requests,
   a connection cut half-way, HTTP errors, a pause mid-file), with CLASSICNETS_HOME set to an empty folder; no test
   touches the internet.
+- `quick_fit(data, out, **flags)`: a short LeNet-5 run (the lenet5_digits recipe, 2 epochs, CPU, fp32, one thread).
 """
 
 from __future__ import annotations
@@ -98,6 +99,21 @@ class DigitKit:
 @pytest.fixture(scope="session")
 def digit_kit() -> DigitKit:
     return DigitKit()
+
+
+def _quick_fit(data, out, **flags):
+    from classicnets.training.loop import fit
+
+    # One thread: LeNet-5's layers are too small to share, and the test machines are shared by other processes.
+    settings = {"config": "lenet5_digits", "epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32",
+                "threads": 1}  # fmt: skip
+    return fit("lenet5", data, out=str(out), **{**settings, **flags})
+
+
+@pytest.fixture(scope="session")
+def quick_fit() -> Callable:
+    """quick_fit(data, out, **flags) -> the FitResult of a short LeNet-5 run; flags override the settings."""
+    return _quick_fit
 
 
 @pytest.fixture(autouse=True)

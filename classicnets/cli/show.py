@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-WEIGHTS_HELP = "a weight file (any format classicnets reads) or a run folder (its best.pt)"
+WEIGHTS_HELP = "a weight file (any format classicnets reads), known weights by name or a run folder (its best.pt)"
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     n.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     n.add_argument("--data", metavar="DIR", help="the training images (default: the run's own training split)")
     n.add_argument("--k", type=int, default=5, help="neighbours per image (default 5)")
-    n.add_argument("--cache", metavar="DIR", help="feature cache (default: ~/.cache/classicnets/features)")
+    n.add_argument("--cache", metavar="DIR", help="feature cache (default: features/ in classicnets' cache)")
     n.add_argument("--batch-size", type=int, default=64)
     n.add_argument("--workers", type=int, default=0, help="data-loading processes")
     n.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2,8 +2,8 @@
 query image, the training images whose feature vectors at the last hidden layer (fc7 for AlexNet) are closest in
 Euclidean distance. The features of a data set are computed once and cached per model and data folder.
 
-The cache (default ~/.cache/classicnets/features, or $XDG_CACHE_HOME/classicnets/features) holds one .npz per
-(model weights, preprocessing, data source); it records a fingerprint of the data (every file's path, size and
+The cache (`features/` in $CLASSICNETS_HOME, else $XDG_CACHE_HOME/classicnets, else ~/.cache/classicnets) holds one
+.npz per (model weights, preprocessing, data source); it records a fingerprint of the data (every file's path, size and
 modification time, or the pixels of an in-memory set) and is recomputed when that changes. Features are computed in
 float32 (no reduced precision: distances between near-identical images must stay exact).
 """
@@ -49,8 +49,10 @@ class Neighbours:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "classicnets" / "features"
+    """`features/` in classicnets' cache, beside the downloaded weights (weights.hub.cache_dir)."""
+    from classicnets.weights.hub import cache_dir
+
+    return cache_dir() / "features"
 
 
 def model_hash(model: ClassicNet) -> str:

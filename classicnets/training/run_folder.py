@@ -53,15 +53,16 @@ def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_MARKERS)
 
 
-def run_weights(path: str | os.PathLike) -> Path:
-    """A weight file as given; for a run folder, its best.pt (last.pt when no epoch finished as best yet)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
+def run_weights(weights: str | os.PathLike) -> str | os.PathLike:
+    """`weights` as given (a file, or the name of known weights); for a run folder, its best.pt (last.pt when no
+    epoch has finished yet)."""
+    folder = Path(weights)
+    if not folder.is_dir():
+        return weights
     for name in ("best.pt", "last.pt"):
-        if (path / name).is_file():
-            return path / name
-    raise UsageError(f"{path}: a folder without best.pt or last.pt; give a run folder or a weight file")
+        if (folder / name).is_file():
+            return folder / name
+    raise UsageError(f"{folder}: a folder without best.pt or last.pt; give a run folder or a weight file")
 
 
 def choose_run_folder(out: str | None, model_name: str) -> Path:

@@ -21,7 +21,6 @@ from PIL import Image
 import classicnets.inference.report
 from classicnets.cli import main
 from classicnets.inference.report_html import POLICY
-from classicnets.training.loop import fit
 
 SECTIONS = [
     "Command", "Curves", "Confusion matrix", "Misclassified validation images", "First-layer kernels",
@@ -30,17 +29,11 @@ SECTIONS = [
 CHROMIUM_INSTALL = "apt-get install -y chromium"
 
 
-def quick(data, out, **kw):
-    settings = {"config": "lenet5_digits", "epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32",
-                "threads": 1}  # fmt: skip
-    return fit("lenet5", data, out=str(out), **{**settings, **kw})
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, digit_kit):
+def run(tmp_path_factory, digit_kit, quick_fit):
     """Two epochs of LeNet-5 on 300 real digits (30 held out): a few misclassified validation images."""
     data = digit_kit.idx(tmp_path_factory.mktemp("digits"), per_class=30)
-    return quick(data, tmp_path_factory.mktemp("run") / "run").run_dir
+    return quick_fit(data, tmp_path_factory.mktemp("run") / "run").run_dir
 
 
 class Page(HTMLParser):
@@ -131,14 +124,14 @@ def test_train_writes_a_self_contained_report_with_the_runs_numbers(run):
     assert config == (run / "config.yaml").read_text()
 
 
-def test_a_failing_report_costs_nothing_and_the_command_writes_it_again(run, digit_kit, tmp_path, monkeypatch,
-                                                                        caplog, capsys):  # fmt: skip
+def test_a_failing_report_costs_nothing_and_the_command_writes_it_again(digit_kit, tmp_path, monkeypatch, caplog,
+                                                                        capsys, quick_fit):  # fmt: skip
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(classicnets.inference.report, "write_report", broken)
     data = digit_kit.idx(tmp_path / "digits", per_class=10)
-    result = quick(data, tmp_path / "run", epochs=1)
+    result = quick_fit(data, tmp_path / "run", epochs=1)
     assert (result.run_dir / "best.pt").is_file() and not (result.run_dir / "report.html").exists()
     assert "report.html could not be written (disk on fire); try: classicnets report" in caplog.text
     monkeypatch.undo()

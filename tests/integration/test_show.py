@@ -3,21 +3,22 @@ one-line errors of each."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+import torch
 
 from classicnets.cli import main
-from classicnets.training.loop import fit
+from classicnets.models.registry import create_model
+from classicnets.weights.known import KNOWN_WEIGHTS
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, digit_kit):
+def run(tmp_path_factory, digit_kit, quick_fit):
     """Two epochs of LeNet-5 on 300 real digits."""
     data = digit_kit.idx(tmp_path_factory.mktemp("digits"), per_class=30)
-    out = tmp_path_factory.mktemp("run") / "run"
-    settings = {"epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32", "threads": 1, "report": False}
-    return fit("lenet5", data, config="lenet5_digits", out=str(out), **settings).run_dir
+    return quick_fit(data, tmp_path_factory.mktemp("run") / "run", report=False).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,17 @@ def test_neighbours_from_the_runs_own_training_split(run, queries, capsys, tmp_p
     distances = [float(part.split()[1]) for part in out[0].split(": ", 1)[1].split(", ")]
     assert distances == sorted(distances) and distances[0] > 0  # a held-out digit is not in the training set
     assert is_png(run / "show" / "neighbours.png") and len(list(cache.iterdir())) == 1
+
+
+def test_known_weights_by_name(weights_server, monkeypatch, capsys, tmp_path, is_png):
+    """A name instead of a file, downloaded from the local test server like any known weights."""
+    buffer = io.BytesIO()
+    torch.save(create_model("lenet5").state_dict(), buffer)
+    known = weights_server.publish(buffer.getvalue(), model="lenet5", file="lenet5-00000000.pth")
+    monkeypatch.setitem(KNOWN_WEIGHTS, known.name, known)
+    out = tmp_path / "filters.png"
+    assert main(["show", "filters", known.name, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "C1: 6 kernels" and is_png(out)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ import io
 import sys
 
 import pytest
+import yaml
 from PIL import Image
 
+from classicnets.cli import main
 from classicnets.errors import UsageError
 from classicnets.training.loop import fit
 
@@ -24,12 +26,6 @@ SCALARS = {
 }
 
 
-def quick(data, out, **kw):
-    settings = {"config": "lenet5_digits", "batch_size": 32, "device": "cpu", "precision": "fp32", "threads": 1,
-                "report": False}  # fmt: skip
-    return fit("lenet5", data, out=str(out), **{**settings, **kw})
-
-
 def events(folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -38,10 +34,10 @@ def events(folder):
     return accumulator
 
 
-def test_scalars_and_confusion_matrix_per_epoch_and_once_after_resume(digit_kit, tmp_path):
+def test_scalars_and_confusion_matrix_per_epoch_and_once_after_resume(digit_kit, tmp_path, quick_fit):
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra: pip install 'classicnets[tensorboard]'")
     data = digit_kit.idx(tmp_path / "digits", per_class=10)
-    run = quick(data, tmp_path / "run", epochs=2, tensorboard=True).run_dir
+    run = quick_fit(data, tmp_path / "run", tensorboard=True, report=False).run_dir
     logged = events(run / "tensorboard")
     assert set(logged.Tags()["scalars"]) == set(SCALARS) and logged.Tags()["images"] == ["confusion_matrix"]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
@@ -60,9 +56,18 @@ def test_scalars_and_confusion_matrix_per_epoch_and_once_after_resume(digit_kit,
     assert [p.step for p in logged.Images("confusion_matrix")] == [1, 2, 3]
 
 
-def test_without_the_package_the_run_stops_before_making_its_folder(digit_kit, tmp_path, monkeypatch):
+def test_the_flags_set_the_config_keys(capsys):
+    assert main(["train", "--model", "lenet5", "--data", "x", "--tensorboard", "--no-report", "--print-config"]) == 0
+    train = yaml.safe_load(capsys.readouterr().out)["train"]
+    assert train["tensorboard"] is True and train["report"] is False
+    assert main(["train", "--model", "lenet5", "--data", "x", "--print-config"]) == 0
+    train = yaml.safe_load(capsys.readouterr().out)["train"]
+    assert train["tensorboard"] is False and train["report"] is True  # the defaults
+
+
+def test_without_the_package_the_run_stops_before_making_its_folder(digit_kit, tmp_path, monkeypatch, quick_fit):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what a missing package looks like
     data = digit_kit.idx(tmp_path / "digits", per_class=10)
     with pytest.raises(UsageError, match=r"--tensorboard needs the tensorboard package: pip install 'classicnets\["):
-        quick(data, tmp_path / "run", epochs=1, tensorboard=True)
+        quick_fit(data, tmp_path / "run", epochs=1, tensorboard=True)
     assert not (tmp_path / "run").exists()

@@ -32,16 +32,9 @@ def photos(tmp_path_factory, digit_kit):
     return digit_kit.folders(tmp_path_factory.mktemp("photos"), per_class=24, rgb=True)
 
 
-def quick(data, out, **kw):
-    # One thread: LeNet-5's layers are too small to share, and the test machines are shared by other processes.
-    settings = {"config": "lenet5_digits", "epochs": 2, "batch_size": 32, "device": "cpu", "precision": "fp32",
-                "threads": 1}  # fmt: skip
-    return fit("lenet5", data, out=str(out), **{**settings, **kw})
-
-
 @pytest.fixture(scope="module")
-def finished_run(digits, tmp_path_factory):
-    return quick(digits, tmp_path_factory.mktemp("run") / "run")
+def finished_run(digits, tmp_path_factory, quick_fit):
+    return quick_fit(digits, tmp_path_factory.mktemp("run") / "run")
 
 
 def test_run_folder_holds_everything_the_issue_lists(finished_run, digits, is_png):
@@ -114,15 +107,15 @@ RANDOM_RUN = {
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(photos, tmp_path_factory):
+def uninterrupted(photos, tmp_path_factory, quick_fit):
     """3 epochs with random crops, flips and PCA noise, batches decoded by 2 worker processes."""
-    return quick(photos, tmp_path_factory.mktemp("whole") / "run", **RANDOM_RUN).run_dir
+    return quick_fit(photos, tmp_path_factory.mktemp("whole") / "run", **RANDOM_RUN).run_dir
 
 
-def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_path):
+def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_path, quick_fit):
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted) as e:
-        quick(photos, tmp_path / "run", stop=stop, on_epoch_end=lambda row: row["epoch"] == 2 and stop.request(),
+        quick_fit(photos, tmp_path / "run", stop=stop, on_epoch_end=lambda row: row["epoch"] == 2 and stop.request(),
               **RANDOM_RUN)  # fmt: skip
     assert e.value.exit_code == 143 and "after epoch 2" in str(e.value)
     assert f"--resume {tmp_path / 'run'}" in str(e.value)
@@ -133,7 +126,7 @@ def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_pat
     assert len((tmp_path / "run" / "command.txt").read_text().splitlines()) == 2  # the start and the resume
 
 
-def test_resume_from_the_middle_of_an_epoch_is_bit_identical(photos, uninterrupted, tmp_path, monkeypatch):
+def test_resume_from_the_middle_of_an_epoch_is_bit_identical(photos, uninterrupted, tmp_path, monkeypatch, quick_fit):
     stop = StopRequest()
     original = Trainer.train_steps
 
@@ -145,7 +138,7 @@ def test_resume_from_the_middle_of_an_epoch_is_bit_identical(photos, uninterrupt
 
     monkeypatch.setattr(Trainer, "train_steps", stop_at_step_2_of_epoch_2)
     with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at epoch 2, step 2 of 5; saved"):
-        quick(photos, tmp_path / "run", stop=stop, **RANDOM_RUN)
+        quick_fit(photos, tmp_path / "run", stop=stop, **RANDOM_RUN)
     monkeypatch.setattr(Trainer, "train_steps", original)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
@@ -162,7 +155,7 @@ def test_resume_refuses_other_settings_and_best_pt(finished_run, tmp_path):
         fit(resume=finished_run.run_dir)
 
 
-def test_nan_loss_stops_naming_epoch_and_step_and_keeps_finite_weights(digits, tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_finite_weights(digits, tmp_path, monkeypatch, quick_fit):
     original = Trainer.forward_loss
 
     def nan_at_epoch_2_step_3(self, x, labels):
@@ -173,7 +166,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_finite_weights(digits, t
 
     monkeypatch.setattr(Trainer, "forward_loss", nan_at_epoch_2_step_3)
     with pytest.raises(TrainingDiverged) as e:
-        quick(digits, tmp_path / "run", epochs=3, batch_size=16)
+        quick_fit(digits, tmp_path / "run", epochs=3, batch_size=16)
     assert str(e.value).startswith("the loss became nan at epoch 2, step 3; stopped.")
     assert "last.pt holds the last finite weights (before that step)" in str(e.value)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -181,9 +174,9 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_finite_weights(digits, t
     assert all(torch.isfinite(w).all() for w in ckpt["state_dict"].values())
 
 
-def test_a_real_divergence_is_caught(digits, tmp_path):
+def test_a_real_divergence_is_caught(digits, tmp_path, quick_fit):
     with pytest.raises(TrainingDiverged, match=r"the loss became (nan|inf) at epoch 1, step \d+; stopped"):
-        quick(digits, tmp_path / "run", optimizer="sgd", lr=1e12, epochs=1)
+        quick_fit(digits, tmp_path / "run", optimizer="sgd", lr=1e12, epochs=1)
 
 
 def test_out_folder_is_never_overwritten_and_default_names_are_numbered(digits, tmp_path, monkeypatch):

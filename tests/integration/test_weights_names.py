@@ -92,7 +92,7 @@ def test_weights_get_loads_a_file_without_a_published_hash_to_check_it(capsys, w
     monkeypatch.setitem(KNOWN_WEIGHTS, "lenet5.imagenet", replace(other, sha256=None, size_bytes=len(wrong.getvalue())))
     code, _, err = run_cli(capsys, "weights", "get", "lenet5.imagenet", "--quiet")
     assert code == 1 and err.count("\n") == 1
-    assert "weights/other.pth: features.c1.weight: expected shape (6, 1, 5, 5), got (6, 3, 5, 5) (lenet5)" in err
+    assert "weights/other.pth: C1 (features.c1.weight): expected shape (6, 1, 5, 5), got (6, 3, 5, 5) (lenet5)" in err
 
 
 def test_train_eval_predict_export_take_a_name_and_download_once(capsys, tmp_path, digit_kit, weights_server,

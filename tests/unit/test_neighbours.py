@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from classicnets import show_neighbours
 from classicnets.data import open_dataset
-from classicnets.inference.explain import show_neighbours
 from classicnets.inference.neighbours import dataset_features, model_hash, nearest
 from classicnets.models.registry import create_model
 from classicnets.weights.checkpoint import build_checkpoint, save_checkpoint
