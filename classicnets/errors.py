@@ -32,6 +32,10 @@ class WeightsError(ClassicNetsError):
     """A weight or checkpoint file that cannot be used (exit code 1)."""
 
 
+class WriteError(ClassicNetsError):
+    """A file could not be written: disk full, quota, read-only file system, permissions (exit code 1)."""
+
+
 def first_line(error: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message, at most `limit` characters and printable (garbled bytes from a
     damaged file are escaped), or the exception's type name when it has no message: what a one-line error quotes."""

@@ -10,12 +10,18 @@ and training runs end to end on real data).
   a connection cut half-way, HTTP errors, a pause mid-file), with CLASSICNETS_HOME set to an empty folder; no test
   touches the internet.
 - `quick_fit(data, out, **flags)`: a short LeNet-5 run (the lenet5_digits recipe, 2 epochs, CPU, fp32, one thread).
+- `assert_same_run(a, b)`: two run folders' last.pt hold bit-identical weights, optimiser state and metrics.
+- `finishes(function, seconds)`: function() run in a thread, failing the test if it hangs (a FIFO read, say).
+- `memory_cap(extra_bytes)`: a context that lets this process map at most `extra_bytes` more memory, so code that
+  would allocate gigabytes raises MemoryError instead of swapping the shared test machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import resource
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -213,3 +219,67 @@ def weights_server(tmp_path, monkeypatch) -> Iterator[WeightsServer]:
         state.pause.set()
     httpd.shutdown()
     httpd.server_close()
+
+
+def _finishes(function: Callable[[], object], seconds: float = 60.0) -> object:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as e:  # noqa: BLE001 - raised again in the test's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture(scope="session")
+def finishes() -> Callable[..., object]:
+    """finishes(function, seconds=60) -> function()'s result; the test fails if it is still running by then."""
+    return _finishes
+
+
+@contextlib.contextmanager
+def _memory_cap(extra_bytes: int) -> Iterator[None]:
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + extra_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.fixture(scope="session")
+def memory_cap() -> Callable[[int], contextlib.AbstractContextManager]:
+    """with memory_cap(2 << 30): ... maps at most 2 GiB more (Linux; the test skips elsewhere)."""
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("memory_cap needs Linux's /proc")
+    return _memory_cap
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    from classicnets.weights.checkpoint import load_checkpoint
+
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for key in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    for i, state in ca["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(cb["optimizer"]["state"][i][name])), (i, name)
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in ca["metrics"]]
+    assert strip == [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in cb["metrics"]]
+
+
+@pytest.fixture(scope="session")
+def assert_same_run() -> Callable[[Path, Path], None]:
+    """assert_same_run(run_a, run_b): bit-identical weights, optimiser state and metrics (times aside)."""
+    return _assert_same_run
