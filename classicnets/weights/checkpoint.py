@@ -23,12 +23,16 @@ reads it (the loader refuses anything else; we never fall back to an unsafe load
     rng             {"torch": ByteTensor, "python": [version, [ints], gauss], "numpy": ["MT19937", [ints], pos,
                     has_gauss, cached], "cuda": [ByteTensor, ...]}: plain lists, as weights_only refuses numpy
     new_layers      layers trained from scratch while fine-tuning (their param group), for --resume
+    digest          "sha256:<hex>" of everything above (tensor bytes, dtypes, shapes, every other value), checked
+                    on load: a flipped bit in the file is refused instead of giving wrong numbers. Files written
+                    before the digest existed load without the check.
 
 `eval` and `predict` need nothing but this file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -47,6 +51,8 @@ from classicnets.models.registry import create_model
 
 FORMAT = "classicnets-checkpoint"
 VERSION = 1
+DIGEST_KEY = "digest"
+REQUIRED_KEYS = ("model", "state_dict", "classes", "preprocessing")
 
 
 def build_checkpoint(model: nn.Module, *, classes: list[str], **extra: Any) -> dict[str, Any]:
@@ -64,24 +70,60 @@ def build_checkpoint(model: nn.Module, *, classes: list[str], **extra: Any) -> d
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Serialise in memory, then write atomically (temporary file, flush, fsync, rename)."""
+    """Serialise in memory with its digest, then write atomically (temporary file, flush, fsync, rename)."""
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    torch.save({**checkpoint, DIGEST_KEY: content_digest(checkpoint)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a classicnets checkpoint safely (weights_only=True), with one-line errors for every bad file."""
     path = Path(path)
-    data = safe_torch_load(path)
+    return validate_checkpoint(safe_torch_load(path), str(path))
+
+
+def validate_checkpoint(data: Any, source: str) -> dict[str, Any]:
+    """`data` read from `source` if it is a whole, undamaged classicnets checkpoint; else one WeightsError line."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not a classicnets checkpoint (use `classicnets import` for other weight files)")
-    if data.get("version", 0) > VERSION:
-        raise WeightsError(f"{path}: checkpoint version {data['version']} is newer than this classicnets supports")
-    missing = {"model", "state_dict", "classes", "preprocessing"} - set(data)
+        raise WeightsError(f"{source}: not a classicnets checkpoint (use `classicnets import` for other weight files)")
+    stored = data.pop(DIGEST_KEY, None)
+    if stored is not None and stored != content_digest(data):
+        raise WeightsError(
+            f"{source}: damaged: its contents no longer match the checksum stored when it was written (a bad disk, "
+            "copy or download); use another copy of the file"
+        )
+    version = data.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise WeightsError(f"{source}: checkpoint version {version!r} is newer than this classicnets supports")
+    missing = set(REQUIRED_KEYS) - set(data)
     if missing:
-        raise WeightsError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+        raise WeightsError(f"{source}: checkpoint lacks {', '.join(sorted(missing))}")
     return data
+
+
+def content_digest(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's values in order: every tensor's dtype, shape and bytes, every other value's repr."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in checkpoint.items() if k != DIGEST_KEY})
+    return f"sha256:{h.hexdigest()}"
+
+
+def _feed(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            _feed(h, key)
+            _feed(h, item)
+    elif isinstance(value, list | tuple):
+        h.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(h, item)
+    else:  # numbers, strings, None, bools: repr round-trips them exactly
+        h.update(f"V{type(value).__name__}:{value!r}".encode())
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:

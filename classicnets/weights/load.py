@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -30,9 +31,8 @@ from classicnets.models.base import ClassicNet
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights import caffe
 from classicnets.weights.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from classicnets.weights.checkpoint import VERSION as CHECKPOINT_VERSION
-from classicnets.weights.checkpoint import load_checkpoint, safe_torch_load
-from classicnets.weights.hub import fetch_weights
+from classicnets.weights.checkpoint import load_checkpoint, safe_torch_load, validate_checkpoint
+from classicnets.weights.hub import fetch_weights, sha256_of, weights_dir
 from classicnets.weights.known import KnownWeights, find_known_weights
 from classicnets.weights.metadata import empty_model, is_ours, model_from_metadata
 from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state_dict
@@ -40,6 +40,10 @@ from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state
 log = logging.getLogger(__name__)
 
 IMAGENET_CLASSES = 1000
+# torch.hub's naming convention, which torchvision's weight files follow (alexnet-owt-7be5be79.pth): NAME-<the first
+# 8 or more hex digits of the file's SHA-256>.EXT, checked by torch.hub.load_state_dict_from_url(check_hash=True)
+# (torch.hub.HASH_REGEX is r"-([a-f0-9]*)\."; we ask for at least the 8 digits the convention names).
+HUB_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 
 
 @functools.cache
@@ -111,36 +115,59 @@ def load_weights(
         raise UsageError(f"num_classes must be at least 1, got {num_classes}")
     known = find_known_weights(path, model)
     if known is not None:
-        return _load_known(known, num_classes=num_classes, fmt=fmt, progress=progress)
-    path = Path(path)
-    _check_file(path)
-    source = str(path)
-    kind = detect_format(path) if fmt == "auto" else fmt
-    if kind == "caffe-npy":
-        net = _load_caffe(path, model)
-    elif kind == "safetensors":
-        net = _load_safetensors(path, model)
-    elif kind == "classicnets":
-        net = _from_checkpoint(load_checkpoint(path), model, source=source)
-    else:  # a torch file: our checkpoint or a torchvision state dict
-        data = safe_torch_load(path)
-        if kind == "torch" and isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-            net = _from_checkpoint(_validated_checkpoint(data, source), model, source=source)
-        else:
-            net = _from_state_dict(unwrap_state_dict(data, source=source), model, source=source, torchvision=True)
+        net = _load_known(known, fmt=fmt, progress=progress)
+    else:
+        net = _load_file(Path(path), model, fmt)
     net.new_layers = []
     if num_classes is not None and num_classes != net.num_classes:
         replace_head(net, num_classes)
     return net
 
 
-def _load_known(known: KnownWeights, *, num_classes: int | None, fmt: str, progress: bool) -> ClassicNet:
+def _load_known(known: KnownWeights, *, fmt: str, progress: bool) -> ClassicNet:
     if fmt not in ("auto", known.fmt):
         raise UsageError(f"{known.name} is a {known.fmt} file, not {fmt}")
-    path = fetch_weights(known, progress=progress)
-    net = load_weights(path, model=known.model, num_classes=num_classes, fmt=known.fmt)
+    path = fetch_weights(known, progress=progress)  # checked against the published SHA-256 (once, hub.py)
+    net = _load_file(path, known.model, known.fmt)
     net.preprocessing = known.preprocessing  # the publisher's (torchvision's V2 ResNets resize to 232, not 256)
     return net
+
+
+def _load_file(path: Path, model: str | None, fmt: str) -> ClassicNet:
+    """The model in one weight file. Our checkpoints check their own digest; a foreign file has none inside, so a
+    name in torch.hub's form is checked (check_hash_in_name), except in the weights cache, whose files hub.py checks
+    against the published table."""
+    _check_file(path)
+    source = str(path)
+    kind = detect_format(path) if fmt == "auto" else fmt
+    if kind == "classicnets":
+        return _from_checkpoint(load_checkpoint(path), model, source=source)
+    data = safe_torch_load(path) if kind in ("torch", "torchvision") else None
+    if kind == "torch" and isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return _from_checkpoint(validate_checkpoint(data, source), model, source=source)
+    if not path.resolve().is_relative_to(weights_dir().resolve()):
+        check_hash_in_name(path)
+    if kind == "caffe-npy":
+        return _load_caffe(path, model)
+    if kind == "safetensors":
+        return _load_safetensors(path, model)
+    return _from_state_dict(unwrap_state_dict(data, source=source), model, source=source, torchvision=True)
+
+
+def check_hash_in_name(path: Path) -> None:
+    """Foreign weight files carry no checksum of their own; a name in torch.hub's NAME-<sha256 prefix>.EXT form does:
+    a file whose SHA-256 does not begin with those digits is damaged (or was renamed)."""
+    match = HUB_HASH_IN_NAME.search(path.name)
+    if match is None:
+        return
+    digest, expected = sha256_of(path), match[1]
+    if not digest.startswith(expected):
+        raise WeightsError(
+            f"{path}: damaged: its SHA-256 begins {digest[: len(expected)]}, not {expected} as its name says "
+            "(torch.hub's NAME-<sha256 prefix>.pth convention); download it again, or rename it if that part of "
+            "the name is not a checksum"
+        )
+    log.debug("%s: SHA-256 matches the %s in its name", path, expected)
 
 
 def replace_head(net: ClassicNet, num_classes: int) -> None:
@@ -184,16 +211,6 @@ def _load_safetensors(path: Path, model: str | None) -> ClassicNet:
     load_state_dict_strict(net, state, source=str(path))
     net.classes = classes
     return net
-
-
-def _validated_checkpoint(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """The checks of checkpoint.load_checkpoint, for a checkpoint already read (not reading 200 MB twice)."""
-    if data.get("version", 0) > CHECKPOINT_VERSION:
-        raise WeightsError(f"{source}: checkpoint version {data['version']} is newer than this classicnets supports")
-    missing = {"model", "state_dict", "classes", "preprocessing"} - set(data)
-    if missing:
-        raise WeightsError(f"{source}: checkpoint lacks {', '.join(sorted(missing))}")
-    return data
 
 
 def _from_checkpoint(ckpt: dict[str, Any], model: str | None, *, source: str) -> ClassicNet:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -68,3 +70,39 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         raise RuntimeError("disk full")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def flip_byte_in(path, entry_suffix: str, at: int = 100) -> None:
+    """Flip one bit of byte `at` inside the stored zip entry ending in `entry_suffix` (torch.save stores the
+    entries uncompressed, and torch.load does not check their CRC): a bad disk, copy or download."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(entry_suffix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + at] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_weights_is_refused_not_loaded(tmp_path):
+    from classicnets.weights import load_weights
+
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, build_checkpoint(create_model("lenet5"), classes=list("0123456789"), epoch=3))
+    assert load_checkpoint(path)["epoch"] == 3 and "digest" not in load_checkpoint(path)  # checked, then dropped
+    flip_byte_in(path, "/data/0")  # the first tensor's bytes: conv1's weights
+    message = (
+        f"{path}: damaged: its contents no longer match the checksum stored when it was written (a bad disk, copy "
+        "or download); use another copy of the file"
+    )
+    with pytest.raises(WeightsError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == message
+    with pytest.raises(WeightsError) as e:
+        load_weights(path)  # what eval, predict and export read through
+    assert str(e.value) == message
+
+
+def test_a_checkpoint_written_before_the_digest_still_loads(tmp_path):
+    ckpt = build_checkpoint(create_model("lenet5"), classes=list("0123456789"))
+    torch.save(ckpt, tmp_path / "old.pt")  # no "digest" key: an earlier classicnets wrote it
+    assert load_checkpoint(tmp_path / "old.pt")["classes"] == list("0123456789")

@@ -7,7 +7,9 @@ models/resnet.py), not taken from our models, so a renamed layer in classicnets 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,9 +66,16 @@ def alexnet_state():
     return random_state(TORCHVISION_ALEXNET)
 
 
+def hub_named(path: Path) -> Path:
+    """`path` renamed as torch.hub names its files: NAME-<the first 8 hex digits of its SHA-256>.pth."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return path.rename(path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}"))
+
+
 def test_torchvision_alexnet_layout_loads_with_imagenet_conventions(tmp_path, alexnet_state):
-    torch.save(alexnet_state, tmp_path / "alexnet-owt-7be5be79.pth")
-    model = load_weights(tmp_path / "alexnet-owt-7be5be79.pth", model="alexnet")
+    torch.save(alexnet_state, tmp_path / "alexnet-owt.pth")
+    path = hub_named(tmp_path / "alexnet-owt.pth")  # as alexnet-owt-7be5be79.pth, with this file's own digest
+    model = load_weights(path, model="alexnet")
     loaded = model.state_dict()
     assert list(loaded) == list(TORCHVISION_ALEXNET)
     assert all(torch.equal(loaded[k], v) for k, v in alexnet_state.items())
@@ -183,3 +192,18 @@ def test_our_checkpoint_round_trips_with_its_conventions(tmp_path):
         load_weights(tmp_path / "best.pt", model="resnet50")
     model = load_weights(tmp_path / "best.pt", num_classes=3)  # same count: nothing replaced
     assert model.classes == ["cat", "dog", "fox"] and model.new_layers == []
+
+
+def test_a_damaged_file_named_with_its_sha256_prefix_is_refused(tmp_path, alexnet_state):
+    """torchvision files carry no checksum inside; torch.hub's file names carry the start of one."""
+    torch.save(alexnet_state, tmp_path / "alexnet-owt.pth")
+    path = hub_named(tmp_path / "alexnet-owt.pth")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the tensor data: torch.load would not notice
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as e:
+        load_weights(path, model="alexnet")
+    assert str(e.value).startswith(f"{path}: damaged: its SHA-256 begins ")
+    assert f"not {path.stem[-8:]} as its name says" in str(e.value)
+    renamed = path.rename(tmp_path / "alexnet-owt.pth")  # the user's way out when the name is no checksum
+    assert load_weights(renamed, model="alexnet").num_classes == 1000
