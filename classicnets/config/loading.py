@@ -19,6 +19,10 @@ from classicnets.config.schema import FLAG_KEYS, Config, sections, split_key, va
 from classicnets.errors import UsageError, first_line
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+# The most values (list items, mapping keys and values, nested) one config key may hold. The longest real one is a
+# builder option list of about 20 (VGG's layer list); a YAML "billion laughs" of a few hundred bytes expands to
+# millions through aliases, which copying or printing the config would then build.
+MAX_VALUES_PER_KEY = 10_000
 
 
 # Scalar field types -> (accepts the value?, converts it). bool is an int subclass in Python, so it is excluded
@@ -47,14 +51,34 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str) and args[0] is str:
             value = [v for v in value.split(",") if v]
         if isinstance(value, list | tuple):
+            _check_size(key, value)
             return [_coerce(key, v, args[0]) for v in value]
     elif origin is dict:
         if isinstance(value, dict):
+            _check_size(key, value)
             return dict(value)
     else:  # pragma: no cover - a field type this function does not know
         raise TypeError(f"{key}: unsupported field type {annotation}")
     name = getattr(annotation, "__name__", str(annotation))
     raise UsageError(f"config {key}: expected {name}, got {value!r}")
+
+
+def _check_size(key: str, value: Any) -> None:
+    """Refuse a value holding more than MAX_VALUES_PER_KEY values, counted as copying it would (aliases expanded),
+    stopping as soon as the limit is passed."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_VALUES_PER_KEY:
+            raise UsageError(
+                f"config {key}: holds more than {MAX_VALUES_PER_KEY:,} values (YAML aliases repeating a block?)"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def set_value(config: Config, key: str, value: Any) -> None:

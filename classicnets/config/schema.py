@@ -7,6 +7,7 @@ config.yaml is `Config.to_yaml()` of the resolved config. Loading and precedence
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,30 +150,86 @@ def split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
+# The most classes a model or a data set may have: 100,000, about 4.6 times the 21,841 classes of the full ImageNet
+# release ("ImageNet-21k", the largest label set in common use; docs/facts.md). A label past it is a typo or a damaged
+# file, and would allocate that many class names.
+MAX_CLASSES = 100_000
+# Seeds go to torch.manual_seed, which takes at most 64 bits; we keep to 63 (a positive int64).
+MAX_SEED = 2**63 - 1
+
+
 def validate(config: Config) -> None:
     """Value checks that a type check cannot make; each error names the key and the allowed values."""
-    checks = [
-        ("optim.name", config.optim.name in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-        ("schedule.name", config.schedule.name in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-        ("data.augment", config.data.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
-        ("train.precision", config.train.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-        ("train.epochs", config.train.epochs >= 1, "at least 1"),
-        ("train.batch_size", config.train.batch_size >= 1, "at least 1"),
-        ("optim.lr", config.optim.lr > 0, "positive"),
-        ("optim.weight_decay", config.optim.weight_decay >= 0, "zero or positive"),
-        ("data.val_fraction", 0 < config.data.val_fraction < 1, "between 0 and 1"),
-        ("data.pca_std", config.data.pca_std >= 0, "zero or positive"),
-        ("data.workers", config.data.workers is None or config.data.workers >= 0, "zero or positive"),
-        ("schedule.factor", 0 < config.schedule.factor < 1, "between 0 and 1"),
-        ("schedule.warmup_epochs", 0 <= config.schedule.warmup_epochs < config.train.epochs, "in [0, epochs)"),
-        ("schedule.patience", config.schedule.patience >= 0, "zero or positive"),
-        ("schedule.step_size", config.schedule.step_size >= 1, "at least 1"),
-        ("model.head_lr_mult", config.model.head_lr_mult > 0, "positive"),
-        ("optim.betas", len(config.optim.betas) == 2, "two numbers, e.g. [0.9, 0.999]"),
-        ("model.num_classes", config.model.num_classes is None or config.model.num_classes >= 2, "at least 2"),
-        ("model.in_chans", config.model.in_chans in (None, 1, 3), "1 or 3"),
-        ("train.threads", config.train.threads is None or config.train.threads >= 1, "at least 1"),
-    ]
-    for key, ok, allowed in checks:
+    for key, ok, allowed in [*_model_checks(config), *_data_checks(config), *_optim_checks(config),
+                             *_schedule_checks(config), *_train_checks(config)]:  # fmt: skip
         if not ok:
             raise UsageError(f"config {key}={config.get(key)!r}: must be {allowed}")
+
+
+def _positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _non_negative(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0
+
+
+def _model_checks(c: Config) -> list[tuple[str, bool, str]]:
+    m = c.model
+    return [
+        ("model.num_classes", m.num_classes is None or 2 <= m.num_classes <= MAX_CLASSES, f"2 to {MAX_CLASSES:,}"),
+        ("model.in_chans", m.in_chans in (None, 1, 3), "1 or 3"),
+        ("model.head_lr_mult", _positive(m.head_lr_mult), "positive and finite"),
+    ]
+
+
+def _data_checks(c: Config) -> list[tuple[str, bool, str]]:
+    d = c.data
+    return [
+        ("data.augment", d.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
+        ("data.val_fraction", 0 < d.val_fraction < 1, "between 0 and 1"),
+        ("data.pca_std", _non_negative(d.pca_std), "zero or positive"),
+        ("data.workers", d.workers is None or d.workers >= 0, "zero or positive"),
+        ("data.max_bad_fraction", 0 <= d.max_bad_fraction <= 1, "between 0 and 1"),
+    ]
+
+
+def _optim_checks(c: Config) -> list[tuple[str, bool, str]]:
+    o = c.optim
+    return [
+        ("optim.name", o.name in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        ("optim.lr", _positive(o.lr), "positive and finite"),
+        ("optim.momentum", 0 <= o.momentum < 1, "in [0, 1)"),
+        ("optim.nesterov", not (o.nesterov and o.name == "sgd" and o.momentum == 0), "false when optim.momentum is 0"),
+        ("optim.weight_decay", _non_negative(o.weight_decay), "zero or positive"),
+        ("optim.betas", len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "two numbers in [0, 1)"),
+        ("optim.label_smoothing", 0 <= o.label_smoothing < 1, "in [0, 1)"),
+        ("optim.grad_clip", o.grad_clip is None or _positive(o.grad_clip), "positive (or null: off)"),
+    ]
+
+
+def _schedule_checks(c: Config) -> list[tuple[str, bool, str]]:
+    s, epochs = c.schedule, c.train.epochs
+    return [
+        ("schedule.name", s.name in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        ("schedule.factor", 0 < s.factor < 1, "between 0 and 1"),
+        ("schedule.patience", s.patience >= 0, "zero or positive"),
+        ("schedule.max_decays", s.max_decays >= 0, "zero or positive"),
+        ("schedule.step_size", s.step_size >= 1, "at least 1"),
+        ("schedule.warmup_epochs", 0 <= s.warmup_epochs < epochs, "in [0, epochs)"),
+        ("schedule.min_lr", _non_negative(s.min_lr) and s.min_lr <= c.optim.lr, "in [0, optim.lr]"),
+        ("schedule.pct_start", 0 < s.pct_start < 1, "between 0 and 1"),
+        ("schedule.div_factor", _positive(s.div_factor), "positive and finite"),
+        ("schedule.final_div_factor", _positive(s.final_div_factor), "positive and finite"),
+    ]
+
+
+def _train_checks(c: Config) -> list[tuple[str, bool, str]]:
+    t = c.train
+    return [
+        ("train.precision", t.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        ("train.epochs", t.epochs >= 1, "at least 1"),
+        ("train.batch_size", t.batch_size >= 1, "at least 1"),
+        ("train.seed", 0 <= t.seed <= MAX_SEED, "a whole number from 0 to 2**63 - 1"),
+        ("train.threads", t.threads is None or t.threads >= 1, "at least 1"),
+    ]

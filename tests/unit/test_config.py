@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,53 @@ def test_unknown_keys_and_bad_values_are_named(kwargs, message):
     with pytest.raises(UsageError) as e:
         resolve_config(recipe, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [  # the values, each of which failed later with a bare error or was accepted
+        ("schedule.div_factor=0", "config schedule.div_factor=0.0: must be positive and finite"),
+        ("optim.lr=.inf", "config optim.lr=inf: must be positive and finite"),
+        ("optim.lr=.nan", "config optim.lr=nan: must be positive and finite"),
+        ("optim.momentum=-5", "config optim.momentum=-5.0: must be in [0, 1)"),
+        ("optim.betas=[2, -1]", "config optim.betas=[2.0, -1.0]: must be two numbers in [0, 1)"),
+        ("schedule.pct_start=7", "config schedule.pct_start=7.0: must be between 0 and 1"),
+        ("optim.grad_clip=-1", "config optim.grad_clip=-1.0: must be positive (or null: off)"),
+        ("schedule.final_div_factor=0", "config schedule.final_div_factor=0.0: must be positive and finite"),
+        ("schedule.min_lr=0.5", "config schedule.min_lr=0.5: must be in [0, optim.lr]"),
+        ("schedule.max_decays=-1", "config schedule.max_decays=-1: must be zero or positive"),
+        ("optim.label_smoothing=1", "config optim.label_smoothing=1.0: must be in [0, 1)"),
+        ("optim.weight_decay=.inf", "config optim.weight_decay=inf: must be zero or positive"),
+        ("data.pca_std=.nan", "config data.pca_std=nan: must be zero or positive"),
+        ("data.max_bad_fraction=2", "config data.max_bad_fraction=2.0: must be between 0 and 1"),
+        ("model.head_lr_mult=.inf", "config model.head_lr_mult=inf: must be positive and finite"),
+        ("model.num_classes=999999999999", "config model.num_classes=999999999999: must be 2 to 100,000"),
+        ("train.seed=-1", "config train.seed=-1: must be a whole number from 0 to 2**63 - 1"),
+    ],
+)
+def test_every_value_is_range_checked_in_one_line_naming_the_key(setting, message):
+    with pytest.raises(UsageError) as e:
+        resolve_config("lenet5_digits", settings=[setting])
+    assert str(e.value) == message
+
+
+def test_nesterov_without_momentum_is_refused():
+    with pytest.raises(UsageError, match=r"config optim.nesterov=True: must be false when optim.momentum is 0"):
+        resolve_config(None, settings=["optim.name=sgd", "optim.nesterov=true", "optim.momentum=0"])
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["model:", "  kwargs:", "    a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    {n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcde", "bcdef", strict=True)]
+    bomb.write_text("\n".join(lines) + "\n")  # 9**6 = 531,441 leaves in under 300 bytes
+    assert bomb.stat().st_size < 356
+    message = "config model.kwargs: holds more than 10,000 values (YAML aliases repeating a block?)"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        resolve_config(bomb)
+    assert main(["train", "--config", str(bomb), "--model", "lenet5", "--print-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {bomb}: {message}\n"
 
 
 def test_bad_yaml_is_a_one_line_usage_error(tmp_path):
