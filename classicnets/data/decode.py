@@ -16,13 +16,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from classicnets.fileio import open_regular
+
 # File name extensions we read (lower-case; matching is case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Reason codes, shared by the training guard, `classicnets scan` and its --json output.
 ZERO_BYTES = "ZERO_BYTES"  # the file is empty (interrupted download, sync placeholder)
 MISSING = "MISSING"  # listed or linked but not there (dangling symlink, wrong list-file path)
-UNREADABLE = "UNREADABLE"  # permission denied or an I/O error
+UNREADABLE = "UNREADABLE"  # permission denied, an I/O error, or not a file (a folder, FIFO or device)
 NOT_AN_IMAGE = "NOT_AN_IMAGE"  # no image format recognises the bytes (an HTML error page saved as .jpg)
 TRUNCATED = "TRUNCATED"  # the header is fine but the pixel data ends early
 CORRUPT = "CORRUPT"  # the decoder rejects the pixel data
@@ -82,7 +84,8 @@ def decode_image(
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     try:
         # Pillow's warnings (bomb size, corrupt EXIF, palette transparency) are ours to turn into reason codes
-        with open(path, "rb") as f, warnings.catch_warnings():  # our own handle: closed even when Pillow raises
+        # our own handle: closed even when Pillow raises; a FIFO or a device (a link to /dev/zero) is refused
+        with open_regular(path) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if os.fstat(f.fileno()).st_size == 0:
@@ -99,7 +102,7 @@ def decode_image(
     except FileNotFoundError:
         reason = "dangling symlink" if os.path.islink(path) else "no such file"
         raise BadImageError(path, MISSING, reason) from None
-    except OSError as e:  # permission denied, a directory named *.jpg, an I/O error
+    except OSError as e:  # permission denied, a directory, FIFO or device named *.jpg, an I/O error
         raise BadImageError(path, UNREADABLE, e.strerror or str(e)) from None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from classicnets import choices
+from classicnets.config.schema import MAX_CLASSES
 from classicnets.data.datasets import FileDataset, ImageDataset
 from classicnets.data.decode import is_image_file
 from classicnets.data.idx import find_idx_pair, is_idx_name, open_idx
@@ -193,6 +194,7 @@ def open_list_file(path: Path, *, in_chans: int = 3) -> FileDataset:
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a text list file ('relative/path label' per line)") from None
     entries: list[tuple[str, str]] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -201,12 +203,19 @@ def open_list_file(path: Path, *, in_chans: int = 3) -> FileDataset:
         if len(parts) != 2:
             raise DataError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
         entries.append((parts[0], parts[1]))
+        linenos.append(lineno)
     if not entries:
         raise DataError(f"{path}: the list file has no entries ('relative/path label' per line)")
     labels = [label for _, label in entries]
-    numeric = [label.isdigit() for label in labels]
+    numeric = [label.isdecimal() for label in labels]
     if all(numeric):
-        n_classes = max(int(label) for label in labels) + 1
+        largest = max(range(len(labels)), key=lambda i: int(labels[i]))
+        if int(labels[largest]) >= MAX_CLASSES:
+            raise DataError(
+                f"{path}:{linenos[largest]}: label {labels[largest]} is past the limit of {MAX_CLASSES:,} classes "
+                "(integer labels are class indices 0, 1, 2, ...)"
+            )
+        n_classes = int(labels[largest]) + 1
         classes = [str(i) for i in range(n_classes)]  # index order: label i is class i
         targets = [int(label) for label in labels]
     elif any(numeric):

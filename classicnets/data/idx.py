@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from classicnets.config.schema import MAX_CLASSES
 from classicnets.data.datasets import InMemoryDataset
 from classicnets.errors import DataError
 
@@ -87,8 +88,15 @@ def open_idx(images_path: str | Path) -> InMemoryDataset:
         raise DataError(f"{labels_path}: {labels.shape[0]} labels for {len(images)} images")
     if len(images) == 0:
         raise DataError(f"{images_path} holds no images")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{labels_path}: labels of type {labels.dtype}; class labels are integers")
     if labels.min() < 0:
         raise DataError(f"{labels_path}: negative labels")
+    if labels.max() >= MAX_CLASSES:
+        first = int(np.argmax(labels >= MAX_CLASSES))
+        raise DataError(
+            f"{labels_path}: label {int(labels[first])} (of image {first}) is past the limit of {MAX_CLASSES:,} classes"
+        )
     classes = [str(i) for i in range(int(labels.max()) + 1)]
     return InMemoryDataset(
         torch.from_numpy(np.ascontiguousarray(images)), labels.astype(np.int64).tolist(), classes,

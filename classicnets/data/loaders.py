@@ -5,8 +5,10 @@ generator seeded by (seed, epoch, sample index). So the batches of epoch e depen
 the number of workers, which worker decoded what, or on the epochs before (what bit-identical resume needs).
 Workers are also seeded from (seed, epoch, worker id), for any library that uses the global generators.
 
-Bad files: decoding happens inside a guard. A file that fails is left out of its batch (so that batch is smaller;
-a batch with no good sample is skipped), logged once with its reason, and listed in `loader.bad_files`. Too many
+Bad files: decoding happens inside a guard. A file that fails (BadImageError, or memory running out on a file
+that passed the decoder's size check) is left out of its batch (so that batch is smaller; a batch with no good
+sample is skipped, or with `empty_batches` yielded with 0 images, so that under torchrun every process can agree
+to skip that step), logged once with its reason, and listed in `loader.bad_files`. Too many
 failures end the epoch with a DataError: more than `max_bad_fraction` of the epoch's samples, or
 `max_bad_in_row` consecutive samples (a sign of a wrong path or a broken disk, not of a few bad photos).
 """
@@ -23,11 +25,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from classicnets.data.datasets import ImageDataset, InMemoryDataset
-from classicnets.data.decode import BadImageError
+from classicnets.data.decode import TOO_LARGE, BadImageError
 from classicnets.data.device_loader import DeviceLoader
 from classicnets.data.epoch_loader import EpochLoaderBase
 from classicnets.data.transforms import ImageTransform
-from classicnets.errors import DataError, UsageError
+from classicnets.errors import DataError, UsageError, first_line
 from classicnets.models.preprocessing import Preprocessing
 from classicnets.rng import mix_seed
 
@@ -51,12 +53,14 @@ def make_loader(
     sampler: Sampler | None = None,
     device: str | torch.device = "cpu",
     multiprocessing_context: str | None = None,
+    empty_batches: bool = False,
 ) -> EpochLoaderBase:
     """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see docs/data.md.
 
     `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on
     `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started
-    with `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's).
+    with `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's). `empty_batches`: a
+    batch whose every file failed is yielded with 0 images instead of being left out (training under torchrun).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -74,15 +78,16 @@ def make_loader(
         return DeviceLoader(dataset, transform=transform, **options)
     return Loader(dataset, transform=transform, workers=workers, max_bad_fraction=max_bad_fraction,
                   max_bad_in_row=max_bad_in_row, multiprocessing_context=multiprocessing_context,
-                  **options)  # fmt: skip
+                  empty_batches=empty_batches, **options)  # fmt: skip
 
 
 class Loader(EpochLoaderBase):
     """Image files through DataLoader workers, with the bad-file guard. See make_loader."""
 
     def __init__(self, dataset, *, transform, workers, max_bad_fraction, max_bad_in_row, multiprocessing_context=None,
-                 **options):  # fmt: skip
+                 empty_batches=False, **options):  # fmt: skip
         super().__init__(dataset, transform=transform, **options)
+        self.empty_batches = empty_batches
         self.workers = workers
         self.multiprocessing_context = multiprocessing_context
         self.max_bad_fraction = max_bad_fraction
@@ -114,13 +119,20 @@ class Loader(EpochLoaderBase):
                 log.warning("skipped %s: %s (%s)", where, code, detail)
                 self._check_limits(in_row, total, where)
             if images is None:
-                continue
+                if not self.empty_batches:
+                    continue
+                images = self._no_images()
             self.batch_indices = [i for i, ok in zip(sample_indices, oks, strict=True) if ok]
             non_blocking = self.device.type == "cuda"
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
         if self.bad_files:
             log.warning("%d of %d files could not be read this epoch and were skipped; `classicnets scan` lists "
                         "them all", len(self.bad_files), total)  # fmt: skip
+
+    def _no_images(self) -> torch.Tensor:
+        """A batch of 0 images of the transform's shape."""
+        t = self.transform
+        return torch.empty((0, *((10,) if t.ten_crop else ()), 1 if t.mode == "L" else 3, *t.size), dtype=torch.uint8)
 
     def _check_limits(self, in_row: int, total: int, where: str) -> None:
         bad = len(self.bad_files)
@@ -156,6 +168,8 @@ class _GuardedSamples(Dataset):
             return self.transform.apply(img, rng), self.dataset.targets[index], index, None, None
         except BadImageError as e:
             return None, self.dataset.targets[index], index, e.code, e.detail
+        except MemoryError as e:  # a strip too long to resize (transforms.ResizeTooLarge), or memory running out
+            return None, self.dataset.targets[index], index, TOO_LARGE, first_line(e)
 
 
 def collate_guarded(items: list[tuple[Any, ...]]) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple], list[int]]:

@@ -8,6 +8,7 @@ Works on a prepared folder (train/val/test), a class-per-folder tree, or a flat 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import defaultdict
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from classicnets.data.decode import BadImageError, decode_image
+from classicnets.data.decode import MISSING, UNREADABLE, BadImageError, decode_image
 from classicnets.data.folders import find_split_dirs, is_hidden, list_class_folders
 from classicnets.errors import DataError
+from classicnets.fileio import open_regular
 
 EMPTY_CLASS = "EMPTY_CLASS"
 DUPLICATE = "DUPLICATE"  # the same bytes twice in one split (or in an unsplit folder)
@@ -85,12 +87,13 @@ def scan_folder(root: str | os.PathLike, *, duplicates: bool = True, workers: in
     entries, report = _collect(root)
     rel = {e.path: _relative(e.path, root) for e in entries}
     paths = [str(e.path) for e in entries]
+    check = functools.partial(check_file, digest=duplicates)
     if workers > 1 and len(paths) > _CHUNK:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(check_file, paths, chunksize=_CHUNK), total=len(paths),
+            results = list(tqdm(pool.map(check, paths, chunksize=_CHUNK), total=len(paths),
                                 disable=not progress, desc="scan", unit="img"))  # fmt: skip
     else:
-        results = [check_file(p) for p in tqdm(paths, disable=not progress, desc="scan", unit="img")]
+        results = [check(p) for p in tqdm(paths, disable=not progress, desc="scan", unit="img")]
     by_digest: dict[str, list[_Entry]] = defaultdict(list)
     for entry, (code, detail, digest) in zip(entries, results, strict=True):
         counts = report.counts.setdefault(entry.split, {})
@@ -143,22 +146,25 @@ def _collect(root: Path) -> tuple[list[_Entry], ScanReport]:
     return entries, report
 
 
-def check_file(path: str) -> tuple[str | None, str, str | None]:
-    """(reason code or None, detail, SHA-256 of the bytes or None) for one file."""
-    digest = None
-    try:
-        with open(path, "rb") as f:
-            h = hashlib.sha256()
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-            digest = h.hexdigest() if f.tell() > 0 else None
-    except OSError:
-        pass  # decode_image below names the reason (MISSING, UNREADABLE)
+def check_file(path: str, *, digest: bool = True) -> tuple[str | None, str, str | None]:
+    """(reason code or None, detail, SHA-256 of the bytes or None) for one file; `digest=False` skips the hash."""
     try:
         decode_image(path, draft_short_side=_SCAN_DRAFT)
     except BadImageError as e:
-        return e.code, e.detail, digest
-    return None, "", digest
+        return e.code, e.detail, _sha256(path) if digest and e.code not in (MISSING, UNREADABLE) else None
+    return None, "", _sha256(path) if digest else None
+
+
+def _sha256(path: str) -> str | None:
+    """The file's SHA-256 (None when empty or unreadable); only regular files are read (fileio.open_regular)."""
+    try:
+        with open_regular(path) as f:
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            return h.hexdigest() if f.tell() > 0 else None
+    except OSError:
+        return None
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from classicnets.choices import AUGMENTATIONS
+from classicnets.data.decode import MAX_PIXELS
 from classicnets.errors import UsageError
 from classicnets.models.preprocessing import Preprocessing
 
@@ -126,6 +127,34 @@ def ten_crop(img: Image.Image, size: tuple[int, int]) -> list[Image.Image]:
     return five_crop(img, size) + five_crop(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), size)
 
 
+def resized_ten_crop(img: Image.Image, resize: int, size: tuple[int, int], resample: int) -> list[Image.Image]:
+    """ten_crop(resize_short_side(img, resize), size) when the crops lie inside the resized image, resampling only
+    the ten crops (resized_crop): a 1 x 100,000 image is never resized whole (256 x 25,600,000 pixels)."""
+    rw, rh = short_side_size(img.width, img.height, resize)
+    h, w = size
+    corners = [(0, 0), (0, rw - w), (rh - h, 0), (rh - h, rw - w)]
+    centre = (int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0)))
+    # A crop of the mirror image at `left` is the mirror image of the crop at rw - w - left: the corners swap
+    # left and right, and the mirror image's centre crop rounds the other way when rw - w is odd.
+    mirrored = [(0, rw - w), (0, 0), (rh - h, rw - w), (rh - h, 0), (centre[0], rw - w - centre[1])]
+    crops = [resized_crop(img, resize, top, left, size, resample) for top, left in [*corners, centre]]
+    flip = Image.Transpose.FLIP_LEFT_RIGHT
+    return crops + [resized_crop(img, resize, top, left, size, resample).transpose(flip) for top, left in mirrored]
+
+
+class ResizeTooLarge(MemoryError):
+    """Resizing an image would allocate more than MAX_PIXELS pixels (a long thin strip): the loader skips the file
+    as TOO_LARGE."""
+
+
+def check_resize(width: int, height: int, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ResizeTooLarge(
+            f"{width}x{height} resized to {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over the limit of "
+            f"{MAX_PIXELS:,}"
+        )
+
+
 class ImageTransform:
     """Decoded PIL image -> uint8 tensor C x H x W (or 10 x C x H x W with ten_crop) at the model's input size.
 
@@ -175,18 +204,12 @@ class ImageTransform:
             top, left, h, w = random_resized_box(img.width, img.height, rng)
             img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
             return _hwc(_maybe_flip(img, rng))
-        if self.resize_size and not self.ten_crop:
-            rw, rh = short_side_size(img.width, img.height, self.resize_size)
-            h, w = self.size
-            if rw >= w and rh >= h:  # the crop lies inside the resized image: resample only the crop
-                if self.recipe == "paper":
-                    rng = _generator(rng)
-                    top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
-                    img = resized_crop(img, self.resize_size, top, left, self.size, self.resample)
-                    return _hwc(_maybe_flip(img, rng))
-                top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
-                return _hwc(resized_crop(img, self.resize_size, top, left, self.size, self.resample))
         if self.resize_size:
+            crops = self._crops_of_resized(img, self.resize_size, rng)
+            if crops is not None:
+                return crops
+            # the short side resized is below the crop, which pads it: the whole image is resized, within limits
+            check_resize(img.width, img.height, short_side_size(img.width, img.height, self.resize_size))
             img = resize_short_side(img, self.resize_size, self.resample)
         if self.recipe == "paper":
             rng = _generator(rng)
@@ -194,6 +217,22 @@ class ImageTransform:
         if self.ten_crop:
             return np.stack([_hwc(c) for c in ten_crop(img, self.size)])
         return _hwc(center_crop(img, self.size))
+
+    def _crops_of_resized(self, img: Image.Image, resize: int, rng: np.random.Generator | None) -> np.ndarray | None:
+        """The crop(s) of the image with its short side resized to `resize`, resampling only the crops
+        (resized_crop); None when a crop does not lie inside the resized image."""
+        rw, rh = short_side_size(img.width, img.height, resize)
+        h, w = self.size
+        if rw < w or rh < h:
+            return None
+        if self.ten_crop:
+            return np.stack([_hwc(c) for c in resized_ten_crop(img, resize, self.size, self.resample)])
+        if self.recipe == "paper":
+            rng = _generator(rng)
+            top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
+            return _hwc(_maybe_flip(resized_crop(img, resize, top, left, self.size, self.resample), rng))
+        top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+        return _hwc(resized_crop(img, resize, top, left, self.size, self.resample))
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:

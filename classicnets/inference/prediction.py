@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from classicnets.errors import DataError, UsageError
+from classicnets.errors import DataError, UsageError, first_line
 from classicnets.inference.evaluation import class_names, load_model
 from classicnets.models.base import ClassicNet
 from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
@@ -73,15 +73,17 @@ def read_images(files: Sequence[Path], geometry: Any) -> list[tuple[str, torch.T
     """(file, uint8 C x H x W as the model sees it: `geometry` is the evaluation ImageTransform) of each readable
     file; an unreadable one is skipped with a warning."""
     from classicnets.data import BadImageError, decode_image
+    from classicnets.data.decode import TOO_LARGE
 
     read = []
     for path in files:
         try:
             img = decode_image(path, mode=geometry.mode, draft_short_side=geometry.draft_short_side)
+            read.append((str(path), geometry(img)))
         except BadImageError as e:
             log.warning("skipped %s: %s (%s)", path, e.code, e.detail)
-            continue
-        read.append((str(path), geometry(img)))
+        except MemoryError as e:  # as the loaders: a strip too long to resize (transforms.ResizeTooLarge)
+            log.warning("skipped %s: %s (%s)", path, TOO_LARGE, first_line(e))
     return read
 
 

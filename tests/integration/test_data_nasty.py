@@ -121,6 +121,27 @@ def test_one_training_pass_over_the_nasty_folder(nasty, caplog):
         list(strict)
 
 
+def test_a_fifo_and_a_link_to_dev_zero_hang_neither_scan_nor_training(tmp_path, digit_kit, finishes, caplog):
+    """Opening a FIFO for reading waits for a writer that never comes; /dev/zero never ends: both are refused
+    from their file type, before they are read."""
+    root = digit_kit.folders(tmp_path / "photos", per_class=10)
+    os.mkfifo(root / "3" / "x.png")
+    os.symlink("/dev/zero", root / "7" / "x.jpg")
+    expected = {("3/x.png", "UNREADABLE", "a FIFO (named pipe), not a regular file"),
+                ("7/x.jpg", "UNREADABLE", "a character device, not a regular file")}  # fmt: skip
+    for duplicates in (True, False):  # the hash of /dev/zero hung even with --no-duplicates
+        report = finishes(lambda duplicates=duplicates: scan_folder(root, duplicates=duplicates))
+        assert {(b.path, b.code, b.detail) for b in report.bad_files} == expected and report.images == 22
+    from classicnets.training.loop import fit
+
+    result = finishes(lambda: fit("lenet5", root, config="lenet5_digits", out=str(tmp_path / "run"), epochs=1,
+                                  batch_size=4, workers=0, device="cpu", threads=1,
+                                  settings=["data.max_bad_fraction=0.2"]))  # fmt: skip
+    assert len(result.history) == 1 and result.train_images + result.val_images == 22
+    assert f"skipped {root / '3' / 'x.png'}: UNREADABLE (a FIFO (named pipe), not a regular file)" in caplog.text
+    assert f"skipped {root / '7' / 'x.jpg'}: UNREADABLE (a character device, not a regular file)" in caplog.text
+
+
 def decoded(path, mode="RGB", **kw):
     return np.asarray(decode_image(path, mode=mode, **kw))
 

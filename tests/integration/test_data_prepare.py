@@ -152,6 +152,80 @@ def test_prepare_pca_writes_sorted_orthonormal_eigenvectors(tmp_path):
     assert np.allclose(np.abs(eigvec), np.abs(expected_vec[:, ::-1]), atol=1e-5)  # eigenvectors up to sign
 
 
+def make_class_folders(root, n=4, classes=("cat", "dog")):
+    """SRC/cat/cat.0.jpg ...: a class-per-folder tree."""
+    for c in classes:
+        flat = make_flat(root / f"_{c}", n=n, classes=(c,))
+        flat.rename(root / c)
+    return root
+
+
+def test_move_never_empties_a_folder_outside_src_that_a_class_folder_links_to(tmp_path, capsys):
+    outside = make_class_folders(tmp_path / "elsewhere", classes=("cat",)) / "cat"
+    src = make_class_folders(tmp_path / "src", classes=("dog",))
+    os.symlink(outside, src / "cat")  # SRC/cat -> a folder outside SRC
+    before = snapshot(outside)
+    code = main(["prepare", str(src), str(tmp_path / "dst"), "--split", "0.5,0.5", "--move"])
+    assert code == 2 and capsys.readouterr().err == (
+        f"error: --move would remove files outside SRC: {src / 'cat'} leads to {outside}; copy (the default) or "
+        "--link instead, or move that folder into SRC first\n"
+    )
+    assert snapshot(outside) == before and not (tmp_path / "dst").exists() and len(files(src)) == 4  # dog/ only
+    report = prepare_dataset(src, tmp_path / "copied", split=[0.5, 0.5])  # copying only reads: allowed
+    assert report.written == 8 and snapshot(outside) == before
+
+
+def test_a_plan_whose_entries_leave_src_or_dst_is_refused_before_any_file_moves(tmp_path):
+    src = make_class_folders(tmp_path / "src")
+    dst = tmp_path / "dst"
+    prepare_dataset(src, dst, split=[0.5, 0.5], dry_run=False)
+    plan_path = dst / "prepare.json"
+    plan = json.loads(plan_path.read_text())
+    victim = tmp_path / "victim.jpg"
+    victim.write_bytes(b"a file outside SRC and DST")
+    cases = {
+        "../victim.jpg": "train/cat/../../../escaped.jpg",  # the issue's: a file beside SRC moved beside DST
+        "/etc/hostname": "train/cat/x.jpg",
+        "cat/cat.0.jpg": "/tmp/escaped.jpg",
+        "cat/cat.1.jpg": "bogus/cat/cat.1.jpg",  # not split/class/file
+    }
+    for rel_src, rel_dst in cases.items():
+        plan_path.write_text(json.dumps({**plan, "files": {rel_dst: rel_src}}))
+        before = snapshot(tmp_path)
+        with pytest.raises(DataError, match=f"{plan_path} is damaged or was edited .*; prepare into a new DST"):
+            prepare_dataset(src, dst, split=[0.5, 0.5], mode="move")
+        assert snapshot(tmp_path) == before and victim.exists()
+
+
+def test_a_symlinked_folder_inside_dst_is_not_followed_out_of_it(tmp_path):
+    src = make_class_folders(tmp_path / "src")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dst" / "train").mkdir(parents=True)
+    os.symlink(outside, tmp_path / "dst" / "train" / "cat")  # a user's link where prepare would write
+    with pytest.raises(DataError, match=f"{tmp_path / 'dst' / 'train' / 'cat'} leads outside DST"):
+        prepare_dataset(src, tmp_path / "dst", split=[0.5, 0.5])
+    assert list(outside.iterdir()) == []
+
+
+def test_copies_keep_the_source_files_permissions(tmp_path):
+    src = make_class_folders(tmp_path / "src", n=2)
+    private = src / "cat" / "cat.0.jpg"
+    os.chmod(private, 0o600)  # a private photo stays private
+    os.chmod(src / "cat" / "cat.1.jpg", 0o640)
+    prepare_dataset(src, tmp_path / "dst", split=[0.5, 0.5])
+    copies = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "dst").rglob("cat.*.jpg")}
+    assert copies == {"cat.0.jpg": 0o600, "cat.1.jpg": 0o640}
+
+
+def test_a_fifo_in_src_is_skipped_not_waited_on(tmp_path, caplog, finishes):
+    src = make_class_folders(tmp_path / "src", n=2)
+    os.mkfifo(src / "cat" / "x.jpg")
+    report = finishes(lambda: prepare_dataset(src, tmp_path / "dst", split=[0.5, 0.5]), 60)
+    assert report.written == 4 and "skipped 1 entries that are not regular files" in caplog.text
+    assert not (tmp_path / "dst" / "train" / "cat" / "x.jpg").exists()
+
+
 def test_prepare_errors(tmp_path, capsys):
     src = make_flat(tmp_path / "flat", n=2)
     with pytest.raises(DataError, match="no class folders to split.*add --by-prefix"):

@@ -128,3 +128,19 @@ def test_the_package_exports_functions_not_modules():
     from classicnets import fit, predict
 
     assert all(inspect.isfunction(f) for f in (evaluate_function, fit, predict))
+
+
+def test_ten_crop_evaluates_a_long_thin_png_instead_of_running_out_of_memory(tmp_path, digit_kit, memory_cap):
+    """The issue's 1 x 100,000 PNG: 10-crop resized it whole (256 x 25,600,000 pixels) and the evaluation ended."""
+    from PIL import Image
+
+    from classicnets.models.registry import create_model
+
+    folders = digit_kit.folders(tmp_path / "data", per_class=1, classes=("3", "7"), names=("a", "b"), rgb=True)
+    Image.new("RGB", (1, 100_000), (200, 100, 50)).save(folders / "a" / "thin.png", optimize=True)
+    assert (folders / "a" / "thin.png").stat().st_size < 1000
+    model = create_model("resnet18", num_classes=2)  # resize 256, crop 224, as the ImageNet models
+    model.classes = ["a", "b"]
+    with memory_cap(3 << 30):  # the whole resize would need 26 GB
+        report = evaluate(model, folders, ten_crop=True, device="cpu", precision="fp32")
+    assert report.images == 3 and report.metrics("ten_crop")["per_class"][0]["count"] == 2

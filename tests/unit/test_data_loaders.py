@@ -141,6 +141,35 @@ def test_guard_stops_after_too_many_in_a_row(tmp_path):
     assert sum(len(y) for _, y in ok) == 600 and len(ok.bad_files) == 4
 
 
+def test_memory_running_out_on_one_file_skips_that_file_only(tmp_path, monkeypatch):
+    """Before, only BadImageError counted as a bad file: a MemoryError in one sample ended the whole pass."""
+    ds = open_dataset(make_folder(tmp_path))
+    hungry = ds.paths.index(str(tmp_path / "a" / "03.png"))
+    load = type(ds).load
+
+    def load_or_run_out(self, index, **kw):
+        if index == hungry:
+            raise MemoryError
+        return load(self, index, **kw)
+
+    monkeypatch.setattr(type(ds), "load", load_or_run_out)
+    loader = make_loader(ds, preprocessing=PRE, train=False, batch_size=4, ten_crop=True, max_bad_fraction=0.1)
+    assert sum(len(y) for _, y in loader) == 11
+    assert loader.bad_files == [(str(tmp_path / "a" / "03.png"), "TOO_LARGE")]
+
+
+def test_a_batch_of_only_bad_files_is_left_out_or_yielded_empty(tmp_path):
+    root = make_folder(tmp_path, n_per_class=2)
+    for name in ("00.png", "01.png"):
+        (root / "a" / name).write_bytes(b"")  # class a: every file bad, so batch 0 of the fixed order is all bad
+    ds = open_dataset(root)
+    options = dict(preprocessing=PRE, train=False, batch_size=2, max_bad_fraction=1.0)
+    assert [len(y) for _, y in make_loader(ds, **options)] == [2]
+    batches = list(make_loader(ds, **options, empty_batches=True))
+    assert [tuple(x.shape) for x, _ in batches] == [(0, 3, 8, 8), (2, 3, 8, 8)]
+    assert batches[0][0].dtype == torch.uint8 and batches[0][1].tolist() == []
+
+
 def test_distributed_sampler_gets_the_epoch(tmp_path):
     ds = open_dataset(make_folder(tmp_path))
     sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)

@@ -127,6 +127,30 @@ def test_list_file_names_and_indices(tmp_path):
         open_dataset(tmp_path / "short.txt")
 
 
+def test_a_huge_label_is_an_error_naming_its_line_not_a_billion_class_names(tmp_path, memory_cap):
+    write_image(tmp_path / "imgs" / "c.png")
+    (tmp_path / "list.txt").write_text("imgs/c.png 3\nimgs/c.png 999999999999\n")  # the label
+    with pytest.raises(DataError) as e, memory_cap(1 << 30):  # a list of 10**12 class names: MemoryError
+        open_dataset(tmp_path / "list.txt")
+    assert str(e.value) == (
+        f"{tmp_path / 'list.txt'}:2: label 999999999999 is past the limit of 100,000 classes (integer labels are "
+        "class indices 0, 1, 2, ...)"
+    )
+    (tmp_path / "edge.txt").write_text("imgs/c.png 99999\n")  # the largest allowed index: 100,000 classes
+    assert len(open_dataset(tmp_path / "edge.txt").classes) == 100_000
+
+
+def test_a_huge_idx_label_is_an_error_too(tmp_path, memory_cap):
+    write_idx(tmp_path / "t-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
+    labels = np.array([1, 999_999_999], dtype=">i4")  # IDX type 0x0C: 32-bit labels
+    (tmp_path / "t-labels-idx1-ubyte").write_bytes(bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 2) + labels.tobytes())
+    with pytest.raises(DataError) as e, memory_cap(1 << 30):
+        open_dataset(tmp_path / "t-images-idx3-ubyte")
+    assert str(e.value) == (
+        f"{tmp_path / 't-labels-idx1-ubyte'}: label 999999999 (of image 1) is past the limit of 100,000 classes"
+    )
+
+
 def test_find_split_dirs(tmp_path):
     (tmp_path / "train").mkdir()
     assert find_split_dirs(tmp_path) is None

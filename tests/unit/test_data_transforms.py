@@ -183,3 +183,30 @@ def test_resized_crop_matches_resize_then_crop():
         fused = np.asarray(resized_crop(img, 32, top, left, (27, 30), Image.Resampling.BILINEAR)).astype(int)
         plain = np.asarray(resize_short_side(img, 32).crop((left, top, left + 30, top + 27))).astype(int)
         assert fused.shape == (27, 30, 3) and np.abs(fused - plain).max() <= 1
+
+
+def test_ten_crop_of_a_resized_image_resamples_only_the_crops(memory_cap):
+    pre = Preprocessing(input_size=(3, 24, 28), resize_size=32)
+    for h, w in [(40, 50), (257, 331), (50, 40)]:
+        img = random_image(h, w, seed=h)
+        out = ImageTransform(pre, train=False, ten_crop=True)(img)
+        resized = np.asarray(resize_short_side(img, 32)).transpose(2, 0, 1)
+        diff = np.abs(out.numpy().astype(int) - np.stack(hand_ten_crop(resized, 24, 28)))
+        assert diff.max() <= 1, (h, w)  # resized_crop's rounding, as in the centre-crop path, nothing else
+        centre = ImageTransform(pre, train=False)(img)
+        assert torch.equal(out[4], centre)  # 10-crop's centre crop is the centre-crop evaluation's, exactly
+    # The long thin PNG: resized whole, 256 x 25,600,000 pixels (26 GB) ended the evaluation.
+    thin = Image.new("RGB", (1, 100_000), (200, 100, 50))
+    paper = Preprocessing(input_size=(3, 224, 224), resize_size=256)
+    with memory_cap(1 << 30):
+        out = ImageTransform(paper, train=False, ten_crop=True)(thin)
+    assert out.shape == (10, 3, 224, 224) and set(out.unique().tolist()) == {50, 100, 200}
+
+
+def test_a_resize_past_the_pixel_limit_is_refused_before_it_allocates(memory_cap):
+    from classicnets.data.transforms import ResizeTooLarge
+
+    strip = Image.new("L", (1, 10_000_000))  # a short side resized to 28 makes it 28 x 280,000,000
+    pre = Preprocessing(input_size=(1, 32, 32), resize_size=28, mean=(0.5,), std=(0.5,), channel_order="L")
+    with memory_cap(1 << 30), pytest.raises(ResizeTooLarge, match=r"1x10000000 resized to 28x280000000 = 7,840,000"):
+        ImageTransform(pre, train=False)(strip)
