@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM during training (training.signals.StopNow)
+        print(str(e) or "interrupted", file=sys.stderr)
+        return int(getattr(e, "exit_code", 130))
     except BrokenPipeError:  # `classicnets models | head`
         return 0
     except Exception as e:  # a bug: still one line unless --debug

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from classicnets.choices import OPTIMIZERS, PRECISIONS, SCHEDULES
 
@@ -101,10 +100,9 @@ def run_train(args: argparse.Namespace) -> int:
 
         base = args.config
         if args.resume:
-            from classicnets.weights.checkpoint import load_checkpoint
+            from classicnets.training.start import resumed_recipe
 
-            path = Path(overrides["out"] if args.resume is True and "out" in overrides else str(args.resume))
-            base = load_checkpoint(path / "last.pt" if path.is_dir() else path).get("config")
+            base = resumed_recipe(args.resume, overrides)
         print(resolve_config(base, overrides=overrides, settings=args.set).to_yaml(), end="")
         return 0
     rank = _torchrun_rank()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from classicnets.config import Config, resolve_config
-from classicnets.errors import ClassicNetsError, first_line
+from classicnets.errors import ClassicNetsError, WriteError, first_line
 from classicnets.inference.metrics import MetricSums
 from classicnets.training.distributed import PeerLost, is_collective_failure
 from classicnets.training.run_folder import RunFolder
@@ -111,6 +111,8 @@ def train_epochs(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | N
                 row = _one_epoch(trainer, progress=progress, stop=stop)
                 if on_epoch_end is not None:
                     on_epoch_end(dict(row))
+        except WriteError as e:  # a full disk, a quota: the folder still resumes (RunFolder.write_epoch)
+            raise WriteError(f"{e}; then continue with: classicnets train --resume {trainer.run_folder.path}") from e
         except RuntimeError as e:
             ctx = trainer.ctx
             if not (ctx.enabled and is_collective_failure(e)):
@@ -256,12 +258,25 @@ def _diverged(trainer: Trainer, loss: float) -> TrainingDiverged:
     _sum_partial(trainer)  # every process stops at this step (Trainer.train_steps agrees on it)
     kept = trainer.save_last_if_finite()
     where = f"epoch {state.epoch + 1}, step {step}"
-    saved = (
-        f"{trainer.run_folder.last} holds the last finite weights (before that step)"
-        if kept
-        else f"the weights were no longer finite; {trainer.run_folder.last} keeps the last epoch's"
-    )
-    return TrainingDiverged(f"the loss became {loss} at {where}; stopped. {saved}. Try a lower --lr.")
+    last, run = trainer.run_folder.last, trainer.run_folder.path
+    if kept:
+        saved = (
+            f"{last} holds the last finite weights (before that step). Try a lower --lr in a new run; "
+            f"--weights {last} starts it from these weights"
+        )
+    elif trainer.saved_at is None:
+        saved = (
+            f"the weights were no longer finite and no epoch had finished, so there is no last.pt. "
+            f"Start again with a lower --lr: classicnets train --resume {run} --lr LR"
+        )
+    else:
+        epochs, steps = trainer.saved_at
+        at = f"after epoch {epochs}" + (f", step {steps}" if steps else "")
+        saved = (
+            f"the weights were no longer finite; {last} keeps those {at}. Try a lower --lr in a new run; "
+            f"--weights {last} starts it from them"
+        )
+    return TrainingDiverged(f"the loss became {loss} at {where}; stopped. {saved}.")
 
 
 def _sum_partial(trainer: Trainer) -> None:

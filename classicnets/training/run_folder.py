@@ -13,6 +13,11 @@
 Every write goes through classicnets.fileio (temporary file, flush, fsync, rename), except TensorBoard's event files,
 which are append-only logs by design, and only happens on the main process (`is_main`), so under torchrun the other
 ranks write nothing.
+
+The order of an epoch's writes is decided in one place, `write_epoch`: best.pt, the plots, metrics.csv and the
+TensorBoard events first, last.pt last. last.pt is the epoch's commit point: a crash or full disk before it leaves
+last.pt of the epoch before (or none, in epoch 1), and --resume trains the epoch again, writing the same files
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from classicnets.errors import UsageError
-from classicnets.fileio import atomic_write_text
+from classicnets.fileio import atomic_write_text, remove_orphans
 from classicnets.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,29 @@ METRIC_COLUMNS = (
 RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
 
 
+# What a run writes before its first epoch ends (write_start): a folder holding only these has no results.
+START_FILES = ("config.yaml", "classes.json", "split.json", "command.txt")
+# Every file name the run folder holds (for the temporary files a killed write of one of them leaves).
+RUN_FILES = (*START_FILES, "metrics.csv", "last.pt", "best.pt", "loss.png", "accuracy.png", "confusion_matrix.png",
+             "confusion.json", "report.html")  # fmt: skip
+
+
 def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def finished_no_epoch(folder: Path) -> bool:
+    """A folder `train` left before its first epoch ended: config.yaml, no checkpoint, no metrics."""
+    return (folder / "config.yaml").is_file() and not any((folder / n).exists() for n in RUN_MARKERS[1:])
+
+
+def recorded_epochs(folder: Path) -> int:
+    """The epochs metrics.csv records (0 without it)."""
+    try:
+        with open(folder / "metrics.csv", encoding="utf-8") as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)  # less the header
+    except OSError:
+        return 0
 
 
 def run_weights(weights: str | os.PathLike) -> str | os.PathLike:
@@ -65,12 +92,20 @@ def run_weights(weights: str | os.PathLike) -> str | os.PathLike:
     raise UsageError(f"{folder}: a folder without best.pt or last.pt; give a run folder or a weight file")
 
 
-def choose_run_folder(out: str | None, model_name: str) -> Path:
-    """`out` if given (refused when it already holds a run); else runs/<model>, runs/<model>-2, ... (first free)."""
+def choose_run_folder(out: str | None, model_name: str, *, restart: bool = False) -> Path:
+    """`out` if given (refused when it holds a run with results); else runs/<model>, runs/<model>-2, ... (first free).
+
+    A run that finished no epoch (finished_no_epoch) has no results to lose: --out to it starts there again, and so
+    does --resume of it (`restart`: whatever its last epoch left, none of it was committed by a last.pt).
+    """
     if out is not None:
         folder = Path(out)
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--out {folder}: exists and is not a folder")
+        if restart or finished_no_epoch(folder):
+            if holds_run(folder):
+                log.warning("%s: the run there finished no epoch (no last.pt); starting it again", folder)
+            return folder
         if holds_run(folder):
             raise UsageError(
                 f"--out {folder} already holds a run; continue it with --resume {folder} or pick another --out"
@@ -82,6 +117,18 @@ def choose_run_folder(out: str | None, model_name: str) -> Path:
         n += 1
         folder = base.with_name(f"{base.name}-{n}")
     return folder
+
+
+@dataclass
+class EpochFiles:
+    """What a finished epoch writes (RunFolder.write_epoch decides the order)."""
+
+    last: dict[str, Any]  # last.pt: everything --resume needs (its tensors are the live weights: a writer that
+    # runs while training goes on must copy them first)
+    history: list[dict[str, float]]  # metrics.csv and the curves; the last row is this epoch's
+    confusion: list[list[int]]  # this epoch's validation confusion matrix
+    classes: list[str]
+    best: dict[str, Any] | None = None  # best.pt, when this epoch is the best so far
 
 
 class RunFolder:
@@ -102,6 +149,7 @@ class RunFolder:
         if not self.is_main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_orphans(self.path, RUN_FILES)  # of writes a kill interrupted
         atomic_write_text(self.path / "config.yaml", config_yaml)
         atomic_write_text(self.path / "classes.json", json.dumps(classes, indent=1) + "\n")
         atomic_write_text(self.path / "split.json", json.dumps(split) + "\n")
@@ -124,6 +172,26 @@ class RunFolder:
         for row in history:
             writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def write_epoch(self, files: EpochFiles) -> None:
+        """Write a finished epoch's files: best.pt and its confusion matrix, metrics.csv, the curves, the TensorBoard
+        events, then last.pt.
+
+        last.pt last, because it commits the epoch: whatever stops this half-way (a crash, a full disk: every write
+        error names its file) leaves last.pt of the epoch before, from which --resume trains this epoch again and
+        rewrites every file here. The one function that orders these writes (an asynchronous checkpoint writer
+        keeps this order).
+        """
+        if not self.is_main:
+            return
+        row = files.history[-1]
+        if files.best is not None:
+            save_checkpoint(self.best, files.best)
+            self.plot_confusion(files.confusion, files.classes, int(row["epoch"]))
+        self.write_metrics(files.history)
+        self.plot_curves(files.history)
+        self.log_epoch(row, files.confusion, files.classes)
+        save_checkpoint(self.last, files.last)
 
     def save(self, which: str, checkpoint: dict[str, Any]) -> None:
         if self.is_main:

@@ -1,8 +1,10 @@
 """Graceful stop: Ctrl-C (SIGINT) or SIGTERM asks training to finish its current step, save, and exit.
 
-The handler only records the request; the training loop checks it after every step. A second Ctrl-C stops at once
-(KeyboardInterrupt), for a user who does not want to wait. Exit codes follow the shell's 128 + signal number
-convention: 130 for SIGINT, 143 for SIGTERM.
+The handler only records the request; the training loop checks it after every step. A second signal of the same
+kind stops at once (StopNow, a KeyboardInterrupt), for a user who does not want to wait or a step that cannot end
+(a read blocked on a network file system). A SIGTERM after a SIGINT is still a request: torchrun sends one to its
+workers after a Ctrl-C reached them all. Exit codes follow the shell's 128 + signal number convention: 130 for
+SIGINT, 143 for SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import threading
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
+
+
+class StopNow(KeyboardInterrupt):
+    """The second SIGINT or SIGTERM: stop at once, without saving; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
+        self.exit_code = 128 + int(signum)
 
 
 class StopRequest:
@@ -47,12 +57,14 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        if stop.signum == signum:
+            raise StopNow(signum)  # the same signal again: stop now (a blocked system call is interrupted too)
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM"
         stop.request(signum)
         log.warning(
-            "%s received: finishing the current step, then saving (Ctrl-C again stops at once)",
+            "%s received: finishing the current step, then saving (%s stops at once)",
             signal.Signals(signum).name,
+            again,
         )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

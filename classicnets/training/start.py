@@ -29,7 +29,7 @@ from classicnets.training.distributed import (
     decided_by_main,
     init_distributed,
 )
-from classicnets.training.run_folder import RunFolder, choose_run_folder
+from classicnets.training.run_folder import RunFolder, choose_run_folder, recorded_epochs
 from classicnets.training.setup import (
     apply_surgery,
     build_training_model,
@@ -94,8 +94,13 @@ def _open_data(ctx: DistContext, cfg: Config, in_chans: int):
     return data
 
 
-def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: dict | None = None) -> Trainer:
-    """Check everything (device, data, weights) before creating the run folder, then build a new run."""
+def start_trainer(
+    config: Config, *, ctx: DistContext | None = None, samplers: dict | None = None, restart: bool = False
+) -> Trainer:
+    """Check everything (device, data, weights) before creating the run folder, then build a new run.
+
+    `restart`: start again in config.train.out, a folder whose run finished no epoch (see open_resume).
+    """
     cfg = resolve_config(config)  # a copy: the caller's config is not changed
     m = cfg.model
     device, precision = _runtime(cfg)
@@ -115,7 +120,7 @@ def start_trainer(config: Config, *, ctx: DistContext | None = None, samplers: d
     cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers()
     cfg.train.device, cfg.train.precision = str(device), precision  # "cuda", not this process's "cuda:N"
     name = model.model_name
-    folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, name))  # rank 0 alone creates it
+    folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, name, restart=restart))  # rank 0 creates it
     cfg.train.out = str(folder)
     run_folder = RunFolder(folder, is_main=ctx.is_main)
     return Trainer(
@@ -146,7 +151,17 @@ def open_resume(
     middle of an epoch must continue with as many processes as it had.
     """
     path = _last_checkpoint_path(resume, overrides)
-    ckpt = load_checkpoint(path)
+    if not path.exists() and path.name == "last.pt" and (path.parent / "config.yaml").is_file():
+        return _restart(path.parent, overrides=overrides, settings=settings, ctx=ctx, samplers=samplers)
+    try:
+        ckpt = load_checkpoint(path)
+    except WeightsError as e:
+        if path.exists() and (path.parent / "config.yaml").is_file():  # a damaged last.pt
+            raise WeightsError(
+                f"{e}; to train again from the start: classicnets train --config {path.parent / 'config.yaml'} "
+                "--out NEW_RUN"
+            ) from None
+        raise
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise WeightsError(f"{path}: holds no training state ({', '.join(missing)}); resume from a run's last.pt")
@@ -188,6 +203,32 @@ def open_resume(
         resume_from=ckpt,
         samplers=samplers,
     )
+
+
+def resumed_recipe(resume: str | Path | bool, overrides: dict[str, Any]) -> dict[str, Any] | str:
+    """The config --resume continues from: the one in last.pt, or config.yaml of a run that finished no epoch."""
+    path = _last_checkpoint_path(resume, overrides)
+    if not path.exists() and path.name == "last.pt" and (path.parent / "config.yaml").is_file():
+        return str(path.parent / "config.yaml")
+    return load_checkpoint(path).get("config") or {}
+
+
+def _restart(folder: Path, *, overrides: dict[str, Any], settings, ctx: DistContext | None, samplers: dict | None):
+    """--resume of a run that finished no epoch (no last.pt): nothing was committed, so it starts again from its
+    config.yaml, in the same folder; any setting may change (a lower --lr after a NaN in epoch 1)."""
+    out = overrides.pop("out", None)
+    if out and Path(out).resolve() != folder.resolve():
+        raise UsageError(f"--out {out} differs from the run being resumed ({folder}); drop --out")
+    epochs = recorded_epochs(folder)
+    if epochs > 1:  # its epochs were committed, so last.pt existed: it was removed, and the results stay
+        raise UsageError(
+            f"{folder}: no last.pt, but metrics.csv records {epochs} epochs (was last.pt removed?); --resume needs "
+            f"it. Train on from the best weights in a new run: --weights {folder / 'best.pt'} --out NEW_RUN"
+        )
+    log.warning("%s holds no last.pt (the run finished no epoch): starting it again from its config.yaml", folder)
+    cfg = resolve_config(str(folder / "config.yaml"), overrides=overrides, settings=settings)
+    cfg.train.out = str(folder)
+    return start_trainer(cfg, ctx=ctx, samplers=samplers, restart=True)
 
 
 def _last_checkpoint_path(resume: str | Path | bool, overrides: dict[str, Any]) -> Path:

@@ -31,7 +31,7 @@ from classicnets.training.distributed import (
     wrap_model,
 )
 from classicnets.training.optim import LRSchedule, build_optimizer
-from classicnets.training.run_folder import RunFolder
+from classicnets.training.run_folder import EpochFiles, RunFolder
 from classicnets.training.setup import (
     TrainingData,
     param_groups,
@@ -96,6 +96,7 @@ class Trainer:
             max_bad_fraction=cfg.data.max_bad_fraction,
             sampler=samplers.get("train"),
             seed=self.random_seed,
+            empty_batches=True,  # every process must see every step, to agree on skipping one (train_steps)
             **common,
         )
         self.val_loader = make_loader(
@@ -118,6 +119,8 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.resume_from = resume_from
         self.saved_current = resume_from is not None  # last.pt already holds the current state
+        # (completed epochs, steps into the next) that last.pt holds; None while the run has no last.pt
+        self.saved_at: tuple[int, int] | None = (state.epoch, state.step_in_epoch) if resume_from else None
 
     # --- the loop's building blocks -----------------------------------------------------------------------------
 
@@ -169,12 +172,16 @@ class Trainer:
             return
         if start:
             log.info("skipping the %d batches of epoch %d trained before the stop", start, epoch + 1)
-        clip = self.config.optim.grad_clip
         for i, (images, labels) in enumerate(self.train_loader):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             x = self.train_transform(images)  # also for skipped batches: it draws the PCA noise of this batch
             if i < start:
+                continue
+            # A batch whose every file failed (0 images) is skipped, under torchrun by every process at once: a
+            # process that skipped alone would leave the others waiting in the gradient all-reduce.
+            if self.agree(len(labels) == 0):
+                log.warning("skipped step %d of epoch %d: every file of a batch failed", i + 1, epoch + 1)
                 continue
             x = to_input_layout(x, self.local_model)
             if self.ctx.enabled:
@@ -188,23 +195,28 @@ class Trainer:
             if self.agree(not math.isfinite(loss_value)):  # every process stops at the same step
                 yield (loss_value if not math.isfinite(loss_value) else math.nan), None, None  # nan: another process's
                 return
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                if clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                if clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.optimizer.step()
+            self.backward_and_step(loss)
             self.state.step_in_epoch = i + 1
             self.state.global_step += 1
             self.saved_current = False
             yield loss_value, logits.detach(), labels
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Gradients (scaled for fp16), optional clipping of their norm, one optimiser step."""
+        clip = self.config.optim.grad_clip
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
 
     def forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(x)
@@ -238,7 +250,7 @@ class Trainer:
         return self.reduce(center.sums), ConfusionMatrix(center.confusion.num_classes, counts)
 
     def end_epoch(self, row: dict[str, float], confusion: ConfusionMatrix) -> None:
-        """Record the epoch, step the plateau schedule, save last.pt (and best.pt), metrics.csv and the plots."""
+        """Record the epoch, step the plateau schedule, and write its files (RunFolder.write_epoch: last.pt last)."""
         state = self.state
         state.history.append(row)
         state.epoch += 1
@@ -253,18 +265,21 @@ class Trainer:
         improved = state.is_better(row["val_top1"], row["val_loss"])
         if improved:
             state.best = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_loss": row["val_loss"]}
-        self.save_last()
-        if improved:
-            self.run_folder.save("best", self.best_checkpoint())
-            self.run_folder.plot_confusion(confusion.to_list(), self.data.classes, int(row["epoch"]))
-        self.run_folder.write_metrics(state.history)
-        self.run_folder.plot_curves(state.history)
-        self.run_folder.log_epoch(row, confusion.to_list(), self.data.classes)
+        files = EpochFiles(
+            last=self.last_checkpoint(),  # first: it captures the RNG states before anything else runs
+            history=[dict(r) for r in state.history],
+            confusion=confusion.to_list(),
+            classes=self.data.classes,
+            best=self.best_checkpoint() if improved else None,
+        )
+        self.run_folder.write_epoch(files)
+        self.saved_current, self.saved_at = True, (state.epoch, 0)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 
-    def save_last(self) -> None:
-        ckpt = build_checkpoint(
+    def last_checkpoint(self) -> dict[str, Any]:
+        """last.pt: the weights, the optimiser, schedule and scaler states, every RNG, and the progress."""
+        return build_checkpoint(
             self.raw_model,
             classes=self.data.classes,
             config=self.config.to_dict(),
@@ -276,8 +291,11 @@ class Trainer:
             world_size=self.ctx.world_size,  # a mid-epoch resume needs as many processes (train_start)
             **self.state.to_checkpoint(),
         )
-        self.run_folder.save("last", ckpt)
-        self.saved_current = True
+
+    def save_last(self) -> None:
+        """Save last.pt now (a stop between epochs or mid-epoch)."""
+        self.run_folder.save("last", self.last_checkpoint())
+        self.saved_current, self.saved_at = True, (self.state.epoch, self.state.step_in_epoch)
 
     def save_last_if_finite(self) -> bool:
         """Save last.pt when every weight is finite (the loss can overflow before the weights do)."""

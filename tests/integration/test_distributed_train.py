@@ -196,6 +196,30 @@ def validation_result(trainer: Trainer):
     return sums.count, int(sums.values[1]), int(sums.values[2]), sums.loss, confusion.counts.tolist()
 
 
+def test_a_batch_of_bad_files_on_one_process_is_skipped_by_every_process(tmp_path, digit_kit):
+    """Before, only the process whose batch failed skipped the step: the other waited in the gradient all-reduce
+    until the process group's timeout."""
+    from classicnets.data import open_dataset
+    from classicnets.training.distributed import TrainSampler
+
+    digit_kit.folders(tmp_path / "data" / "train", per_class=8)  # 16 images: 4 global batches of 2 x 2
+    digit_kit.folders(tmp_path / "data" / "val", per_class=2, split="test")
+    train = open_dataset(tmp_path / "data" / "train")
+    first_of_rank_1 = list(TrainSampler(16, rank=1, world_size=2, seed=0, drop_last=True))[:2]
+    for i in first_of_rank_1:
+        Path(train.paths[i]).write_text("<html>404</html>")  # process 1's first batch: every file bad
+    env = {**environment(), "CLASSICNETS_DIST_TIMEOUT": "30"}  # a mismatch fails in 30 s, not 10 minutes
+    done = subprocess.run(torchrun_command("--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "2",
+                                           "--out", "run", "--set", "data.max_bad_fraction=0.5"),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("skipped step 1 of epoch 1: every file of a batch failed") == 2  # both processes
+    assert f"[rank 1] skipped {train.paths[first_of_rank_1[0]]}: NOT_AN_IMAGE" in done.stderr
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (last["global_step"], last["epoch"]) == (3, 1)  # 4 steps, the first skipped by both
+    assert our_tracebacks(done.stderr) == []
+
+
 def test_evaluation_of_11_samples_on_2_processes_equals_one_process(data):
     single = validation_result(start_trainer(validation_config(str(data)), ctx=DistContext()))
     assert single[0] == 11 and sum(map(sum, single[4])) == 11

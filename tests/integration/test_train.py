@@ -88,18 +88,6 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == (expected[0].tolist(), *expected[1:])
 
 
-def assert_same_run(a, b):
-    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
-    assert ca["state_dict"].keys() == cb["state_dict"].keys()
-    for key in ca["state_dict"]:
-        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
-    for i, state in ca["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(cb["optimizer"]["state"][i][name])), (i, name)
-    strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in ca["metrics"]]
-    assert strip == [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in cb["metrics"]]
-
-
 RANDOM_RUN = {
     "epochs": 3, "batch_size": 8, "workers": 2,
     "settings": ["data.augment=paper", "data.pca_std=0.1", "model.in_chans=3"],
@@ -112,7 +100,7 @@ def uninterrupted(photos, tmp_path_factory, quick_fit):
     return quick_fit(photos, tmp_path_factory.mktemp("whole") / "run", **RANDOM_RUN).run_dir
 
 
-def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_path, quick_fit):
+def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_path, quick_fit, assert_same_run):
     stop = StopRequest()
     with pytest.raises(TrainingInterrupted) as e:
         quick_fit(photos, tmp_path / "run", stop=stop, on_epoch_end=lambda row: row["epoch"] == 2 and stop.request(),
@@ -126,7 +114,9 @@ def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_pat
     assert len((tmp_path / "run" / "command.txt").read_text().splitlines()) == 2  # the start and the resume
 
 
-def test_resume_from_the_middle_of_an_epoch_is_bit_identical(photos, uninterrupted, tmp_path, monkeypatch, quick_fit):
+def test_resume_from_the_middle_of_an_epoch_is_bit_identical(
+    photos, uninterrupted, tmp_path, monkeypatch, quick_fit, assert_same_run
+):
     stop = StopRequest()
     original = Trainer.train_steps
 
