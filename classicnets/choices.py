@@ -7,9 +7,12 @@ from __future__ import annotations
 # Optimisers and learning-rate schedules of `train` (classicnets.training.optim).
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
-# Training augmentation recipes (classicnets.data.transforms): the paper's crops and flips, random-resized crops,
-# or none (digits, where a mirrored 2 is not a 2).
-AUGMENTATIONS = ("paper", "modern", "none")
+# Training augmentation recipes (classicnets.data.transforms): auto (what the data set calls for: paper for photos,
+# pad_crop for CIFAR, none for digits and clothes), the paper's crops and flips, random-resized crops, CIFAR's
+# pad-4 random crops and flips, or none (digits, where a mirrored 2 is not a 2).
+AUGMENTATIONS = ("auto", "paper", "modern", "pad_crop", "none")
+# CIFAR-100's two label sets: 100 fine classes or 20 coarse superclasses (Keras' cifar100.load_data(label_mode=)).
+LABEL_MODES = ("fine", "coarse")
 # Numeric precision of a run (classicnets.runtime.resolve_precision); "auto" picks per device.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Weight files classicnets reads (classicnets.weights.load) and writes (classicnets.weights.export).

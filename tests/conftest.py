@@ -5,6 +5,8 @@ and training runs end to end on real data).
   skips with the reason when that folder is absent.
 - `digit_kit`: small real data sets cut from the MNIST digits shipped with classicnets (IDX files, folders of
   PNGs).
+- `cifar_kit`: small CIFAR-10/100 files in the exact public layouts (python pickles as Python 2's cPickle wrote
+  them, the binary records, the .tar.gz archives).
 - `is_png(path)`: whether a file is a PNG (by its signature).
 - `weights_server`: an HTTP server on 127.0.0.1 in a thread, serving bytes the test gives it (Range requests,
   a connection cut half-way, HTTP errors, a pause mid-file), with CLASSICNETS_HOME set to an empty folder; no test
@@ -21,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import resource
 import struct
+import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -120,6 +124,144 @@ def _quick_fit(data, out, **flags):
 def quick_fit() -> Callable:
     """quick_fit(data, out, **flags) -> the FitResult of a short LeNet-5 run; flags override the settings."""
     return _quick_fit
+
+
+def _py2_string(out: bytearray, text: bytes) -> None:
+    out.extend(b"U" + bytes([len(text)]) + text if len(text) < 256 else b"T" + struct.pack("<I", len(text)) + text)
+
+
+def _py2_int(out: bytearray, v: int) -> None:
+    out.extend(b"K" + bytes([v]) if 0 <= v < 256 else b"M" + struct.pack("<H", v) if 0 <= v < 65536
+               else b"J" + struct.pack("<i", v))  # fmt: skip
+
+
+def _py2_array(out: bytearray, a: np.ndarray) -> None:
+    """numpy.core.multiarray._reconstruct(ndarray, (0,), 'b'), then its state (1, shape, dtype('u1'), False, bytes)."""
+    assert a.dtype == np.uint8 and a.ndim == 2
+    out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01")
+    _py2_int(out, a.shape[0])
+    _py2_int(out, a.shape[1])
+    out.extend(b"\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+    _py2_string(out, a.tobytes())
+    out.extend(b"tb")
+
+
+def _py2_write(out: bytearray, o) -> None:
+    if isinstance(o, dict):
+        out.extend(b"}(")
+        for k, v in o.items():
+            _py2_write(out, k)
+            _py2_write(out, v)
+        out.extend(b"u")
+    elif isinstance(o, list):
+        out.extend(b"](")
+        for v in o:
+            _py2_write(out, v)
+        out.extend(b"e")
+    elif isinstance(o, str):
+        _py2_string(out, o.encode("latin1"))
+    elif isinstance(o, int):
+        _py2_int(out, o)
+    else:
+        _py2_array(out, o)
+
+
+def py2_pickle(obj) -> bytes:
+    """`obj` pickled as Python 2's cPickle.dump(obj, f, 2) wrote the CIFAR batches: protocol 2, strings as
+    SHORT_BINSTRING/BINSTRING, numpy arrays through numpy.core.multiarray._reconstruct with their bytes as a str."""
+    out = bytearray(b"\x80\x02")
+    _py2_write(out, obj)
+    return bytes(out + b".")
+
+
+class CifarKit:
+    """Small CIFAR files in the layouts of https://www.cs.toronto.edu/~kriz/cifar.html. Image k of a batch has the
+    pixel bytes `pixels(k)`: 1024 red values, then 1024 green, then 1024 blue, each 32x32 plane row by row."""
+
+    NAMES10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    @staticmethod
+    def pixels(k: int, n: int) -> np.ndarray:
+        """n rows of 3072 bytes; row k: red plane (k + position) % 256, green 100 + that, blue 200 + that."""
+        pos = np.arange(1024)
+        return np.stack([np.concatenate([(k + pos) % 256, (100 + k + pos) % 256, (200 + k + pos) % 256])
+                         for k in range(k, k + n)]).astype(np.uint8)  # fmt: skip
+
+    def cifar10_python(self, root: Path, per_batch: int = 4, test: int = 3) -> Path:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for i in range(1, 6):
+            labels = [(i + k) % 10 for k in range(per_batch)]
+            names = [f"img_{i}_{k}.png" for k in range(per_batch)]
+            batch = {"batch_label": f"training batch {i} of 5", "labels": labels,
+                     "data": self.pixels(10 * i, per_batch), "filenames": names}  # fmt: skip
+            (folder / f"data_batch_{i}").write_bytes(py2_pickle(batch))
+        batch = {
+            "batch_label": "testing batch 1 of 1",
+            "labels": [k % 10 for k in range(test)],
+            "data": self.pixels(0, test),
+            "filenames": [f"test_{k}.png" for k in range(test)],
+        }
+        (folder / "test_batch").write_bytes(py2_pickle(batch))
+        meta = {"num_cases_per_batch": 10000, "label_names": self.NAMES10, "num_vis": 3072}
+        (folder / "batches.meta").write_bytes(py2_pickle(meta))
+        return folder  # fmt: skip
+
+    def cifar10_binary(self, root: Path, per_batch: int = 4, test: int = 3) -> Path:
+        folder = root / "cifar-10-batches-bin"
+        folder.mkdir(parents=True)
+        for name, start, n in [*((f"data_batch_{i}.bin", 10 * i, per_batch) for i in range(1, 6)),
+                               ("test_batch.bin", 0, test)]:  # fmt: skip
+            labels = np.array([[(start // 10 + k) % 10] for k in range(n)], dtype=np.uint8)
+            (folder / name).write_bytes(np.hstack([labels, self.pixels(start, n)]).tobytes())
+        (folder / "batches.meta.txt").write_text("\n".join(self.NAMES10) + "\n\n")
+        return folder
+
+    @staticmethod
+    def names100(kind: str) -> list[str]:
+        return [f"{kind}{i}" for i in range(100 if kind == "fine" else 20)]
+
+    def cifar100_python(self, root: Path, train: int = 6, test: int = 4) -> Path:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        for name, n in (("train", train), ("test", test)):
+            batch = {"filenames": [f"{name}_{k}.png" for k in range(n)], "batch_label": f"{name}ing batch 1 of 1",
+                     "fine_labels": [(7 * k) % 100 for k in range(n)],
+                     "coarse_labels": [(3 * k) % 20 for k in range(n)], "data": self.pixels(5, n)}  # fmt: skip
+            (folder / name).write_bytes(py2_pickle(batch))
+        meta = {"fine_label_names": self.names100("fine"), "coarse_label_names": self.names100("coarse")}
+        (folder / "meta").write_bytes(py2_pickle(meta))
+        return folder
+
+    def cifar100_binary(self, root: Path, train: int = 6, test: int = 4) -> Path:
+        folder = root / "cifar-100-binary"
+        folder.mkdir(parents=True)
+        for name, n in (("train.bin", train), ("test.bin", test)):
+            labels = np.array([[(3 * k) % 20, (7 * k) % 100] for k in range(n)], dtype=np.uint8)
+            (folder / name).write_bytes(np.hstack([labels, self.pixels(5, n)]).tobytes())
+        for kind in ("coarse", "fine"):
+            (folder / f"{kind}_label_names.txt").write_text("\n".join(self.names100(kind)) + "\n")
+        return folder
+
+    @staticmethod
+    def archive(folder: Path, path: Path, extra=None) -> Path:
+        """`folder` as a .tar.gz holding `folder.name/...` (as downloaded); `extra(tar)` may add members."""
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(folder, arcname=folder.name)
+            if extra:
+                extra(tar)
+        return path
+
+    @staticmethod
+    def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="session")
+def cifar_kit() -> CifarKit:
+    return CifarKit()
 
 
 @pytest.fixture(autouse=True)

@@ -18,11 +18,12 @@ def time_data_loader(
 ) -> dict[str, Any]:
     """The training (or inference) step fed by the real loader on `cfg.data`, against the same step on a
     synthetic batch already in memory, interleaved batch by batch."""
-    from classicnets.data import BatchTransform, make_loader, open_dataset
+    from classicnets.data import BatchTransform, make_loader, open_dataset, source_splits
 
     model = unwrap_model(path.model)
     preprocessing = model.preprocessing
-    dataset = open_dataset(str(cfg.data), in_chans=preprocessing.input_size[0])
+    split = "train" if "train" in source_splits(str(cfg.data)) else None  # CIFAR, a .npz: their training split
+    dataset = open_dataset(str(cfg.data), in_chans=preprocessing.input_size[0], split=split)
     mode = "train" if "train" in cfg.modes else "infer"
     train = mode == "train"
     loader = make_loader(

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from classicnets.choices import LABEL_MODES, SPLIT_NAMES
 from classicnets.cli.args import add_runtime_flags
 
 # How many classes `eval` lists one by one; with more, the lowest ones.
@@ -22,7 +23,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--data", required=True, metavar="DIR", help="labelled images (a prepared folder: its test/ or val/)"
     )
-    p.add_argument("--split", choices=("train", "val", "test"), help="which split of a prepared folder")
+    p.add_argument(
+        "--split", choices=SPLIT_NAMES, help="which split of a prepared folder, CIFAR or a .npz (default: test)"
+    )
+    p.add_argument("--label-mode", choices=LABEL_MODES, default="fine", help="CIFAR-100: fine (100) or coarse (20)")
     p.add_argument("--ten-crop", action="store_true", help="also the paper's 10-crop (softmax averaged), side by side")
     p.add_argument("--allow-empty", action="store_true", help="keep an empty class folder instead of stopping")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -52,6 +56,7 @@ def run_eval(args: argparse.Namespace) -> int:
         out=out,
         progress=not args.quiet,
         allow_empty=args.allow_empty,
+        label_mode=args.label_mode,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from classicnets.choices import OPTIMIZERS, PRECISIONS, SCHEDULES
+from classicnets.choices import LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 # Flags not given stay out of args (default=SUPPRESS), so the recipe's values stand (classicnets.config.loading).
 KEEP = argparse.SUPPRESS
@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--model", default=KEEP, help="model name (see `classicnets models`)")
     p.add_argument(
-        "--data", default=KEEP, metavar="DIR", help="prepared folder (train/, val/), class folders, list file or IDX"
+        "--data",
+        default=KEEP,
+        metavar="DIR",
+        help="prepared folder (train/, val/), class folders, list file, IDX, CIFAR folder or .tar.gz, Keras .npz",
     )
     p.add_argument(
         "--config", metavar="YAML", help="recipe: a YAML file or a shipped recipe name, e.g. alexnet2012_paper"
@@ -52,6 +55,9 @@ def _add_optimisation_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--val-fraction", type=float, default=KEEP, help="held out for validation when DIR has no val/")
     g.add_argument(
         "--allow-empty", action="store_true", default=KEEP, help="keep an empty class folder as a class without images"
+    )
+    g.add_argument(
+        "--label-mode", choices=LABEL_MODES, default=KEEP, help="CIFAR-100: fine (100) or coarse (20) labels"
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from classicnets.choices import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES
+from classicnets.choices import AUGMENTATIONS, LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from classicnets.errors import UsageError
 
 
@@ -32,9 +32,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # prepared folder (train/, val/), class-per-folder tree, list file or IDX files
-    val_fraction: float = 0.1  # held out for validation when `path` has no val/ or test/ folder
-    augment: str = "paper"  # paper (resize, random crop, flip) | modern (random-resized crop, flip) | none
+    path: str | None = None  # prepared folder, class folders, list file, IDX files, CIFAR folder or archive, Keras .npz
+    val_fraction: float = 0.1  # held out for validation when `path` has no val/ or test/ split of its own
+    # auto (the data's own: paper for photos, pad_crop for CIFAR, none for digits and clothes) | paper (resize,
+    # random crop, flip) | modern (random-resized crop, flip) | pad_crop (pad 4, random crop, flip) | none
+    augment: str = "auto"
+    label_mode: str = "fine"  # CIFAR-100: fine (100 classes) or coarse (20 superclasses)
     pca_std: float = 0.0  # std of the paper's PCA colour noise (0.1 in the paper; 0 = off)
     workers: int | None = None  # data-loading processes; None: min(4, CPU count)
     max_bad_fraction: float = 0.01  # more unreadable images than this fraction stops the run
@@ -115,6 +118,7 @@ FLAG_KEYS = {
     "data": "data.path",
     "val_fraction": "data.val_fraction",
     "allow_empty": "data.allow_empty",
+    "label_mode": "data.label_mode",
     "workers": "data.workers",
     "optimizer": "optim.name",
     "lr": "optim.lr",
@@ -187,6 +191,7 @@ def _data_checks(c: Config) -> list[tuple[str, bool, str]]:
     d = c.data
     return [
         ("data.augment", d.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
+        ("data.label_mode", d.label_mode in LABEL_MODES, f"one of {', '.join(LABEL_MODES)}"),
         ("data.val_fraction", 0 < d.val_fraction < 1, "between 0 and 1"),
         ("data.pca_std", _non_negative(d.pca_std), "zero or positive"),
         ("data.workers", d.workers is None or d.workers >= 0, "zero or positive"),

@@ -149,6 +149,15 @@ def random_crop_batch(x: torch.Tensor, size: tuple[int, int], generator: torch.G
     return crop_batch(x, tops, lefts, size)
 
 
+def random_pad_crop_batch(x: torch.Tensor, size: tuple[int, int], pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crops of every image padded with `pad` zeros on each side, as transforms.random_pad_crop."""
+    H, W = x.shape[-2:]
+    n = x.shape[0]
+    tops = torch.randint(-pad, H - size[0] + pad + 1, (n,), generator=generator)
+    lefts = torch.randint(-pad, W - size[1] + pad + 1, (n,), generator=generator)
+    return crop_batch(x, tops, lefts, size)
+
+
 def random_flip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)

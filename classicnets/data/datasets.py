@@ -25,6 +25,9 @@ class ImageDataset(Dataset):
     targets: list[int]
     source: str
     in_chans: int
+    # The training augmentation `augment: auto` picks for this set (choices.AUGMENTATIONS): the paper's crops and
+    # flips for photos; in-memory sets say their own (none for digits and clothes, pad_crop for CIFAR).
+    augment: str = "paper"
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -80,7 +83,11 @@ class FileDataset(ImageDataset):
 
 
 class InMemoryDataset(ImageDataset):
-    """Images already decoded into one uint8 tensor N x H x W (grayscale) or N x C x H x W (e.g. IDX digits)."""
+    """Images already decoded into one uint8 tensor N x H x W (grayscale) or N x C x H x W (IDX digits, CIFAR).
+
+    `name` is what describe() shows before "#index" (default: the source's file name); `augment` the training
+    augmentation `auto` resolves to for this set (default none: a mirrored digit is not the same digit).
+    """
 
     def __init__(
         self,
@@ -90,6 +97,8 @@ class InMemoryDataset(ImageDataset):
         *,
         source: str,
         origin: Sequence[int] | None = None,
+        name: str | None = None,
+        augment: str = "none",
     ):
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
             shape = tuple(images.shape)
@@ -101,7 +110,8 @@ class InMemoryDataset(ImageDataset):
         self.classes = list(classes)
         self.source = str(source)
         self.in_chans = 1 if images.dim() == 3 else images.shape[1]
-        self.name = os.path.basename(self.source)
+        self.name = name or os.path.basename(self.source)
+        self.augment = augment
         # Each sample's index in the source file: a subset (a validation split) still names its images as the
         # file numbers them.
         self.origin = list(origin) if origin is not None else None
@@ -113,8 +123,9 @@ class InMemoryDataset(ImageDataset):
         index = torch.as_tensor(list(indices), dtype=torch.long).tolist()
         origin = [self.origin[i] for i in index] if self.origin is not None else index
         return InMemoryDataset(
-            self.images[index], [self.targets[i] for i in index], self.classes, source=self.source, origin=origin
-        )
+            self.images[index], [self.targets[i] for i in index], self.classes, source=self.source, origin=origin,
+            name=self.name, augment=self.augment,
+        )  # fmt: skip
 
     def load(self, index: int, *, mode: str | None = None, draft_short_side: int | None = None) -> Image.Image:
         a = self.images[index].cpu().numpy()

@@ -1,4 +1,4 @@
-"""The in-memory loader: a small decoded set (MNIST-style digits) kept as one uint8 tensor on the device.
+"""The in-memory loader: a small decoded set (MNIST-style digits, CIFAR) kept as one uint8 tensor on the device.
 
 Batches are gathered, cropped and flipped on the device (airbench's approach): no workers, no decoding, no copies
 from the host per step. Same interface as loaders.Loader; `bad_files` is always empty (nothing is decoded).
@@ -40,18 +40,22 @@ class DeviceLoader(EpochLoaderBase):
             self.batch_indices = index.tolist()
             index = index.to(self.device)
             x = self._channels(self.images[index], 1 if t.mode == "L" else 3)
-            if t.recipe == "modern":
-                x = bt.random_flip_batch(bt.random_resized_crop_batch(x, t.size, generator), generator)
-            else:
-                if t.resize_size:
-                    x = bt.resize_short_side_batch(x, t.resize_size, t.interpolation)
-                if t.recipe == "paper":
-                    x = bt.random_flip_batch(bt.random_crop_batch(x, t.size, generator), generator)
-                elif t.ten_crop:
-                    x = bt.ten_crop_batch(x, t.size)
-                else:
-                    x = bt.center_crop_batch(x, t.size)
-            yield x, self.labels[index]
+            yield self._geometry(x, generator), self.labels[index]
+
+    def _geometry(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The transform's crops and flips, on the whole batch (transforms.ImageTransform describes the recipes)."""
+        t = self.transform
+        if t.recipe == "modern":
+            return bt.random_flip_batch(bt.random_resized_crop_batch(x, t.size, generator), generator)
+        if t.resize_size:
+            x = bt.resize_short_side_batch(x, t.resize_size, t.interpolation)
+        if t.recipe == "paper":
+            return bt.random_flip_batch(bt.random_crop_batch(x, t.size, generator), generator)
+        if t.recipe == "pad_crop":
+            return bt.random_flip_batch(bt.random_pad_crop_batch(x, t.size, t.pad, generator), generator)
+        if t.ten_crop:
+            return bt.ten_crop_batch(x, t.size)
+        return bt.center_crop_batch(x, t.size)
 
     @staticmethod
     def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Sources: class-per-folder trees, list files and MNIST IDX files behind one `open_dataset`.
+"""Image files on disk: class-per-folder trees, list files, prepared folders (train/, val/, test/) and stratified
+splits. `sources.open_dataset` decides which kind of source a path is.
 
 A class-per-folder tree is `root/<class>/**/<image>`: extensions are matched case-insensitively, hidden entries
 (`.DS_Store`, `.ipynb_checkpoints/`, macOS `__MACOSX/`) are skipped with one warning, a folder reached twice through
@@ -17,9 +18,8 @@ import numpy as np
 
 from classicnets import choices
 from classicnets.config.schema import MAX_CLASSES
-from classicnets.data.datasets import FileDataset, ImageDataset
+from classicnets.data.datasets import FileDataset
 from classicnets.data.decode import is_image_file
-from classicnets.data.idx import find_idx_pair, is_idx_name, open_idx
 from classicnets.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -118,33 +118,6 @@ def find_split_dirs(root: str | os.PathLike) -> dict[str, Path] | None:
     if "train" in found and len(found) >= 2:
         return found
     return None
-
-
-def open_dataset(source: str | os.PathLike, *, in_chans: int = 3, allow_empty: bool = False) -> ImageDataset:
-    """Open a class-per-folder tree, a list file or an MNIST IDX file/folder as an ImageDataset.
-
-    `in_chans` (1 or 3) is how files are decoded by default (grayscale or RGB). A missing path, an empty folder,
-    a folder without class subfolders or an empty class folder (unless `allow_empty`) raises DataError.
-    """
-    if in_chans not in (1, 3):
-        raise UsageError(f"in_chans must be 1 or 3, got {in_chans}")
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        if is_idx_name(path.name):
-            return open_idx(path)
-        if is_image_file(path.name):
-            raise DataError(f"{path} is one image, not a data set; pass the folder that holds the class folders")
-        return open_list_file(path, in_chans=in_chans)
-    idx = find_idx_pair(path)
-    if idx is not None:
-        return open_idx(idx)
-    splits = find_split_dirs(path)
-    if splits:
-        names = ", ".join(splits)
-        raise DataError(f"{path} is a prepared folder with splits {names}; open {path / 'train'} (or another split)")
-    return open_class_folders(path, in_chans=in_chans, allow_empty=allow_empty)
 
 
 def open_class_folders(root: Path, *, in_chans: int = 3, allow_empty: bool = False) -> FileDataset:

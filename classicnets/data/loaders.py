@@ -42,7 +42,7 @@ def make_loader(
     preprocessing: Preprocessing,
     train: bool,
     batch_size: int,
-    recipe: str = "paper",
+    recipe: str = "auto",
     workers: int = 0,
     seed: int = 0,
     shuffle: bool | None = None,
@@ -57,10 +57,12 @@ def make_loader(
 ) -> EpochLoaderBase:
     """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see docs/data.md.
 
-    `shuffle` defaults to `train`. In-memory datasets (IDX digits) get a loader that keeps the whole set on
-    `device` and crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started
-    with `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's). `empty_batches`: a
-    batch whose every file failed is yielded with 0 images instead of being left out (training under torchrun).
+    `shuffle` defaults to `train`. `recipe` is the training augmentation (choices.AUGMENTATIONS); "auto" takes the
+    data set's own (`dataset.augment`: paper for image files, pad_crop for CIFAR, none for digits and clothes).
+    In-memory datasets (IDX digits, CIFAR, Keras .npz) get a loader that keeps the whole set on `device` and
+    crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started with
+    `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's). `empty_batches`: a batch
+    whose every file failed is yielded with 0 images instead of being left out (training under torchrun).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -71,6 +73,10 @@ def make_loader(
     if len(dataset) == 0:
         raise DataError(f"{dataset.source}: no samples to load")
     shuffle = train if shuffle is None else shuffle
+    if recipe == "auto":
+        recipe = dataset.augment
+        if train:
+            log.info("augmentation: %s (auto, for %s)", recipe, dataset.source)
     transform = ImageTransform(preprocessing, train=train, recipe=recipe, ten_crop=ten_crop)
     options = dict(batch_size=batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, sampler=sampler,
                    device=torch.device(device))  # fmt: skip

@@ -8,7 +8,10 @@ Recipes (train=True):
           (224 or 227), horizontal flip with p=0.5 (Krizhevsky et al. 2012, section 4.1).
   modern  random-resized crop (area 8-100 %, aspect 3/4-4/3) to the input size + flip (Szegedy et al. 2015,
           "Going deeper with convolutions", section 6; torchvision's RandomResizedCrop).
+  pad_crop  resize (if the model asks), pad 4 zero pixels on each side, random crop at the input size, flip
+          (He et al. 2016, section 4.2, for CIFAR; torchvision's RandomCrop(32, padding=4)).
   none    the evaluation geometry only, never flipped (for digits, where a mirrored 2 is not a 2).
+  auto    for these per-image transforms (files), paper; make_loader resolves auto per data set first.
 Evaluation (train=False): resize the short side + centre crop, or 10-crop. A crop larger than the image pads
 with zeros (LeNet-5's 28x28 digits become 32x32).
 """
@@ -37,6 +40,9 @@ RESAMPLE = {
 # torchvision RandomResizedCrop defaults, from Szegedy et al. 2015 (GoogLeNet), section 6.
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
+# He et al. 2016 ("Deep Residual Learning", section 4.2) on CIFAR-10: "4 pixels are padded on each side, and a 32x32
+# crop is randomly sampled from the padded image or its horizontal flip".
+PAD_CROP_PADDING = 4
 
 
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -85,6 +91,14 @@ def random_crop(img: Image.Image, size: tuple[int, int], rng: np.random.Generato
     h, w = size
     top = int(rng.integers(min(0, img.height - h), max(0, img.height - h) + 1))
     left = int(rng.integers(min(0, img.width - w), max(0, img.width - w) + 1))
+    return crop(img, top, left, h, w)
+
+
+def random_pad_crop(img: Image.Image, size: tuple[int, int], pad: int, rng: np.random.Generator) -> Image.Image:
+    """A (height, width) crop at a random offset of the image padded with `pad` zeros on each side."""
+    h, w = size
+    top = int(rng.integers(-pad, img.height - h + pad + 1))
+    left = int(rng.integers(-pad, img.width - w + pad + 1))
     return crop(img, top, left, h, w)
 
 
@@ -174,13 +188,16 @@ class ImageTransform:
         self.resize_size = preprocessing.resize_size
         self.interpolation = preprocessing.interpolation
         self.resample = RESAMPLE[preprocessing.interpolation]
-        self.recipe = recipe if train else "none"
+        # auto: image files are photos, for which the paper's recipe is the default (make_loader resolves auto
+        # per data set before it gets here)
+        self.recipe = ("paper" if recipe == "auto" else recipe) if train else "none"
         self.ten_crop = ten_crop
+        self.pad = PAD_CROP_PADDING
 
     @property
     def random(self) -> bool:
         """Whether the transform draws random numbers (so needs an rng)."""
-        return self.recipe in ("paper", "modern")
+        return self.recipe in ("paper", "modern", "pad_crop")
 
     @property
     def draft_short_side(self) -> int:
@@ -199,11 +216,8 @@ class ImageTransform:
         workers use, because the batch is assembled from channel-last arrays without any transposing copy."""
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        if self.recipe == "modern":
-            rng = _generator(rng)
-            top, left, h, w = random_resized_box(img.width, img.height, rng)
-            img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
-            return _hwc(_maybe_flip(img, rng))
+        if self.recipe in ("modern", "pad_crop"):
+            return self._crop_and_flip(img, _generator(rng))
         if self.resize_size:
             crops = self._crops_of_resized(img, self.resize_size, rng)
             if crops is not None:
@@ -233,6 +247,18 @@ class ImageTransform:
             return _hwc(_maybe_flip(resized_crop(img, resize, top, left, self.size, self.resample), rng))
         top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
         return _hwc(resized_crop(img, resize, top, left, self.size, self.resample))
+
+    def _crop_and_flip(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        """The modern recipe's random-resized crop, or pad_crop's crop of the padded (resized) image; then a flip."""
+        if self.recipe == "modern":
+            top, left, h, w = random_resized_box(img.width, img.height, rng)
+            img = img.resize((self.size[1], self.size[0]), self.resample, box=(left, top, left + w, top + h))
+        else:
+            if self.resize_size:
+                check_resize(img.width, img.height, short_side_size(img.width, img.height, self.resize_size))
+                img = resize_short_side(img, self.resize_size, self.resample)
+            img = random_pad_crop(img, self.size, self.pad, rng)
+        return _hwc(_maybe_flip(img, rng))
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:

@@ -182,19 +182,25 @@ class EvalReport:
 
 
 def open_eval_data(
-    data: str | os.PathLike, *, in_chans: int, split: str | None = None, allow_empty: bool = False
+    data: str | os.PathLike,
+    *,
+    in_chans: int,
+    split: str | None = None,
+    allow_empty: bool = False,
+    label_mode: str = "fine",
 ) -> Any:
-    """A prepared folder's test split (else val, or `split`), or any source classicnets.data.open_dataset reads."""
-    from classicnets.data import find_split_dirs, open_dataset
+    """The test split of a source with splits (else val, or `split`: a prepared folder, CIFAR, a Keras .npz), or any
+    other source classicnets.data.open_dataset reads."""
+    from classicnets.data import open_dataset, source_splits
 
-    splits = find_split_dirs(Path(data))
+    splits = source_splits(data)
     if splits:
         name = split or ("test" if "test" in splits else "val" if "val" in splits else "train")
         if name not in splits:
             raise DataError(f"{data}: has no {name}/ split (it has {', '.join(splits)})")
-        log.info("evaluating on %s", splits[name])
-        return open_dataset(splits[name], in_chans=in_chans, allow_empty=allow_empty)
-    return open_dataset(data, in_chans=in_chans, allow_empty=allow_empty)
+        log.info("evaluating on the %s split of %s", name, data)
+        return open_dataset(data, in_chans=in_chans, allow_empty=allow_empty, split=name, label_mode=label_mode)
+    return open_dataset(data, in_chans=in_chans, allow_empty=allow_empty, label_mode=label_mode)
 
 
 def class_mapping(model_classes: list[str], data_classes: list[str], source: str) -> torch.Tensor | None:
@@ -225,6 +231,7 @@ def evaluate(
     misclassified: int = 24,
     progress: bool = False,
     allow_empty: bool = False,
+    label_mode: str = "fine",
 ) -> EvalReport:
     """Evaluate `weights` (a file or a model with .classes and .preprocessing) on the labelled images in `data`.
 
@@ -236,7 +243,9 @@ def evaluate(
     model = load_model(weights)
     classes = class_names(model)
     pre = model.preprocessing
-    dataset = open_eval_data(data, in_chans=pre.input_size[0], split=split, allow_empty=allow_empty)
+    dataset = open_eval_data(
+        data, in_chans=pre.input_size[0], split=split, allow_empty=allow_empty, label_mode=label_mode
+    )
     target_map = class_mapping(classes, dataset.classes, str(data))
     from classicnets.data import BatchTransform, make_loader
 

@@ -201,12 +201,12 @@ def show_neighbours(
 
 
 def _training_images(weights: WeightsLike, data: str | os.PathLike | None, in_chans: int) -> Any:
-    """`data` (a prepared folder's train/ split, or any source open_dataset reads), else the run's training split."""
-    from classicnets.data import find_split_dirs, open_dataset
+    """`data` (the train split of a source with splits: a prepared folder, CIFAR, a Keras .npz; or any source
+    open_dataset reads), else the run's training split."""
+    from classicnets.data import open_dataset, source_splits
 
     if data is not None:
-        splits = find_split_dirs(Path(data))
-        return open_dataset(splits["train"] if splits else data, in_chans=in_chans)
+        return open_dataset(data, in_chans=in_chans, split="train" if "train" in source_splits(data) else None)
     if isinstance(weights, torch.nn.Module) or not Path(weights).is_dir():
         raise UsageError("--data DIR is needed (the training images), unless WEIGHTS is a run folder")
     from classicnets.training.setup import open_run_data

@@ -31,27 +31,35 @@ class TrainingData:
 
 
 def open_training_data(
-    path: str | None, *, in_chans: int, val_fraction: float, seed: int, allow_empty: bool = False
+    path: str | None,
+    *,
+    in_chans: int,
+    val_fraction: float,
+    seed: int,
+    allow_empty: bool = False,
+    label_mode: str = "fine",
 ) -> TrainingData:
-    """A prepared folder (train/ plus val/ or test/) as it is; anything else split per class with `seed`.
-    `allow_empty`: an empty class folder is a class without images instead of an error."""
-    from classicnets.data import find_split_dirs, open_dataset, stratified_split
+    """A source with its own splits (a prepared folder's train/ and val/ or test/, CIFAR's and a Keras .npz's
+    train and test) as it is; anything else split per class with `seed`. `allow_empty`: an empty class folder is a
+    class without images instead of an error; `label_mode`: CIFAR-100's fine or coarse labels."""
+    from classicnets.data import open_dataset, open_splits, source_splits, stratified_split
 
     if not path:
         raise UsageError("no training data: give --data DIR (a prepared folder, class folders, a list file or IDX)")
-    splits = find_split_dirs(Path(path))
-    if splits:
+    options: dict[str, Any] = {"in_chans": in_chans, "allow_empty": allow_empty, "label_mode": label_mode}
+    splits = source_splits(path)
+    if "train" in splits and len(splits) > 1:
         held_out = "val" if "val" in splits else "test"
-        train = open_dataset(splits["train"], in_chans=in_chans, allow_empty=allow_empty)
-        val = open_dataset(splits[held_out], in_chans=in_chans, allow_empty=allow_empty)
+        sets = open_splits(path, ["train", held_out], **options)
+        train, val = sets["train"], sets[held_out]
         if list(val.classes) != list(train.classes):
             raise DataError(
-                f"{splits[held_out]}: its classes ({', '.join(val.classes)}) differ from {splits['train']}'s "
-                f"({', '.join(train.classes)}); re-run `classicnets prepare`"
+                f"{path}: the classes of its {held_out} split ({_shorten(val.classes)}) differ from its train "
+                f"split's ({_shorten(train.classes)}); re-run `classicnets prepare`"
             )
-        split: dict[str, Any] = {"method": "folders", "train": str(splits["train"]), "val": str(splits[held_out])}
+        split: dict[str, Any] = {"method": "splits", "source": str(path), "train": "train", "val": held_out}
     else:
-        full = open_dataset(path, in_chans=in_chans, allow_empty=allow_empty)
+        full = open_dataset(path, **options)
         _check_classes(path, full.classes)
         train_idx, val_idx = stratified_split(full.targets, [1 - val_fraction, val_fraction], seed=seed)
         if not val_idx or not train_idx:
@@ -88,7 +96,7 @@ def open_run_data(run_dir: Path) -> TrainingData:
     d = cfg.data
     data = open_training_data(
         d.path, in_chans=default_in_chans(cfg), val_fraction=d.val_fraction, seed=cfg.train.seed,
-        allow_empty=d.allow_empty,
+        allow_empty=d.allow_empty, label_mode=d.label_mode,
     )  # fmt: skip
     split_path = run_dir / "split.json"
     if split_path.is_file() and json.loads(split_path.read_text(encoding="utf-8")) != data.split:

@@ -87,8 +87,9 @@ def _open_data(ctx: DistContext, cfg: Config, in_chans: int):
     """The run's training and validation data; under torchrun, checked to be the same on every process."""
     d = cfg.data
     data = open_training_data(
-        d.path, in_chans=in_chans, val_fraction=d.val_fraction, seed=cfg.train.seed, allow_empty=d.allow_empty
-    )
+        d.path, in_chans=in_chans, val_fraction=d.val_fraction, seed=cfg.train.seed, allow_empty=d.allow_empty,
+        label_mode=d.label_mode,
+    )  # fmt: skip
     fingerprint = data_fingerprint(data.classes, len(data.train), len(data.val), data.split)
     check_same_everywhere(ctx, "the training data", fingerprint)
     return data

@@ -10,9 +10,7 @@ not globals, so they need no permission. Anything else is refused; there is no f
 
 from __future__ import annotations
 
-import _codecs
 import collections
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +20,7 @@ from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
 from classicnets.errors import WeightsError, first_line
-
-_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1"}
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """`_codecs.encode` limited to Latin-1: how Python 3 pickles bytes at protocol 2 (numpy array data)."""
-    if not isinstance(text, str) or encoding.lower() not in _LATIN1 or errors != "strict":
-        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
-    return _codecs.encode(text, "latin1")
-
+from classicnets.safe_pickle import latin1_encode, load_allowlisted
 
 # (module, name) -> the object the pickle may use. numpy 1.x wrote `numpy.core.*`, numpy 2 writes `numpy._core.*`;
 # both map to the same functions, without importing numpy.core (a deprecated alias in numpy 2).
@@ -39,22 +28,12 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): _latin1_encode,
+    ("_codecs", "encode"): latin1_encode,
 }
 for _core in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct  # empty array of a dtype
     _ALLOWED[(f"{_core}.multiarray", "scalar")] = _multiarray.scalar  # a numpy scalar from dtype + bytes
     _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer  # type: ignore[attr-defined]  # protocol-5 arrays
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that can rebuild only containers, strings, numbers and numpy arrays/dtypes."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
 
 
 def load_pickled_npy(path: str | Path) -> Any:
@@ -79,23 +58,19 @@ def load_pickled_npy(path: str | Path) -> Any:
                     f"{path}: holds a plain {dtype} array of shape {shape}, not the pickled dict of layers "
                     "that bvlc_alexnet.npy holds"
                 )
-            # encoding="latin1": Python 2 pickles (the original bvlc_alexnet.npy) store array data as `str`;
-            # numpy documents latin1 as the encoding that turns them back into the original bytes.
-            obj = RestrictedUnpickler(f, encoding="latin1").load()
-    except WeightsError:
-        raise
-    except pickle.UnpicklingError as e:
-        message = first_line(e)
-        if message.startswith("refused"):
-            raise WeightsError(
-                f"{path}: refused: the pickle inside asks for code ({message}); only dicts, lists, strings, "
-                "numbers and numpy arrays are loaded"
-            ) from None
-        raise WeightsError(f"{path}: truncated or corrupt pickle ({message})") from None
-    except (EOFError, MemoryError) as e:
-        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__})") from None
-    except Exception as e:  # garbled bytes make the unpickler fail in many ways (ValueError, KeyError, struct.error)
-        raise WeightsError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {first_line(e)})") from None
+            # Latin-1 strings (load_allowlisted): Python 2 pickles (the original bvlc_alexnet.npy) store array data
+            # as `str`.
+            obj = load_allowlisted(
+                f,
+                _ALLOWED,
+                where=str(path),
+                error=WeightsError,
+                refused="the pickle inside asks for code ({message}); only dicts, lists, strings, numbers and "
+                "numpy arrays are loaded",
+                corrupt="truncated or corrupt pickle",
+            )
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({first_line(e)})") from None
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
         obj = obj.item()  # np.save wraps the dict in a 0-d object array
     return obj

@@ -1,4 +1,5 @@
-"""Sources: class folders, list files, MNIST IDX, prepared-folder detection, stratified splits."""
+"""Sources: class folders, list files, MNIST and Fashion-MNIST IDX, Keras .npz, prepared-folder detection, stratified
+splits. (CIFAR: test_data_cifar.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from classicnets.data import find_split_dirs, open_dataset, read_idx, stratified_split
+from classicnets.data import (
+    FASHION_MNIST_CLASSES,
+    find_split_dirs,
+    open_dataset,
+    open_splits,
+    read_idx,
+    source_splits,
+    stratified_split,
+)
 from classicnets.data.folders import split_counts
 from classicnets.errors import DataError, UsageError
 
@@ -174,3 +183,64 @@ def test_stratified_split_counts_and_determinism():
     assert split_counts(10, [1 / 3, 1 / 3, 1 / 3]) == [4, 3, 3]
     with pytest.raises(UsageError, match="add up to 1"):
         stratified_split(targets, [0.8, 0.3], seed=0)
+
+
+def write_mnist_npz(path, digit_kit, per_class=(8, 3)):
+    """A Keras-layout .npz (mnist.npz's arrays) of real shipped digits."""
+    images, labels = digit_kit.shipped("train")
+    train = digit_kit.first_per_class(labels, per_class[0])
+    test_images, test_labels = digit_kit.shipped("test")
+    test = digit_kit.first_per_class(test_labels, per_class[1])
+    np.savez(path, x_train=images[train], y_train=labels[train], x_test=test_images[test], y_test=test_labels[test])
+    return path
+
+
+def test_keras_mnist_npz_has_its_train_and_test_splits(tmp_path, digit_kit):
+    npz = write_mnist_npz(tmp_path / "mnist.npz", digit_kit)
+    assert source_splits(npz) == ("train", "test")
+    sets = open_splits(npz, ["train", "test"])
+    assert sets["train"].images.shape == (80, 28, 28) and len(sets["test"]) == 30
+    assert sets["train"].classes == [str(i) for i in range(10)] and sets["train"].augment == "none"
+    images, labels = digit_kit.shipped("train")
+    first = digit_kit.first_per_class(labels, 8)[0]
+    assert torch.equal(sets["train"].images[0], torch.from_numpy(images[first]))
+    assert sets["test"].describe(2) == "mnist.npz:test#2"
+    with pytest.raises(DataError, match="a Keras .npz with splits train, test; pick one"):
+        open_dataset(npz)
+
+
+def test_npz_colour_labels_n_by_1_fashion_names_and_refusals(tmp_path):
+    x = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    x[:, :, :, 2] = 9  # blue plane of Keras' channels-last images
+    np.savez(tmp_path / "colour.npz", x_train=x, y_train=np.array([[0], [1], [2], [1]]), x_test=x[:2],
+             y_test=np.array([[2], [0]]))  # fmt: skip
+    train = open_dataset(tmp_path / "colour.npz", split="train")
+    assert train.images.shape == (4, 3, 32, 32) and int(train.images[:, 2].min()) == 9 and train.targets == [0, 1, 2, 1]
+    np.savez(tmp_path / "fashion.npz", x_train=x[..., 0], y_train=np.arange(4), x_test=x[:1, ..., 0], y_test=[9])
+    assert open_dataset(tmp_path / "fashion.npz", split="test").classes[9] == "Ankle boot"
+    np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object), y_train=[0], x_test=x, y_test=[0])
+    with pytest.raises(DataError, match=r"objects.npz: refused: .*allow_pickle=False"):
+        open_dataset(tmp_path / "objects.npz", split="train")
+    np.savez(tmp_path / "huge.npz", x_train=x, y_train=[0, 1, 2, 10**9], x_test=x[:1], y_test=[0])
+    with pytest.raises(DataError, match="huge.npz: label 1000000000 is past the limit of 100,000 classes"):
+        open_dataset(tmp_path / "huge.npz", split="train")
+    np.savez(tmp_path / "other.npz", images=x)
+    with pytest.raises(DataError, match=r"expected arrays x_train, y_train, x_test, y_test .*it holds images"):
+        open_dataset(tmp_path / "other.npz", split="train")
+
+
+def test_idx_folder_with_training_and_test_files_has_two_splits(tmp_path, digit_kit):
+    folder = tmp_path / "fashion-mnist"  # Keras' ~/.keras/datasets/fashion-mnist layout
+    images, labels = digit_kit.shipped("train")
+    digit_kit.write_idx(folder, "train", images[:30], labels[:30])
+    digit_kit.write_idx(folder, "t10k", images[30:40], labels[30:40])
+    assert source_splits(folder) == ("train", "test")
+    sets = open_splits(folder, ["train", "test"])
+    assert len(sets["train"]) == 30 and len(sets["test"]) == 10
+    assert sets["test"].classes == list(FASHION_MNIST_CLASSES) == sets["train"].classes
+    assert FASHION_MNIST_CLASSES[0] == "T-shirt/top" and FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    digits = digit_kit.write_idx(tmp_path / "mnist", "train", images[:30], labels[:30])
+    digit_kit.write_idx(digits, "t10k", images[30:40], labels[30:40])
+    assert open_dataset(digits, split="test").classes == [str(i) for i in range(10)]
+    with pytest.raises(DataError, match="has no val split"):
+        open_splits(digits, ["val"])

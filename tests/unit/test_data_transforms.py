@@ -83,6 +83,27 @@ def test_paper_recipe_is_a_crop_of_the_resized_image_maybe_mirrored():
     assert flips == {0, 1}
 
 
+def test_pad_crop_recipe_is_a_crop_of_the_4_pixel_padded_image_maybe_mirrored():
+    img = random_image(32, 32)
+    t = ImageTransform(Preprocessing(input_size=(3, 32, 32), resize_size=None), train=True, recipe="pad_crop")
+    padded = np.pad(np.asarray(img).transpose(2, 0, 1), ((0, 0), (4, 4), (4, 4)))  # He et al. 2016: 4 zeros a side
+    seen = set()
+    for seed in range(16):
+        out = t(img, np.random.default_rng(seed)).numpy()
+        windows = {(top, left, f): (padded[:, :, ::-1] if f else padded)[:, top : top + 32, left : left + 32]
+                   for top in range(9) for left in range(9) for f in (0, 1)}  # fmt: skip
+        hits = [key for key, window in windows.items() if np.array_equal(out, window)]
+        assert hits, f"seed {seed}: not a crop of the padded image"
+        seen.add(hits[0][2])
+    assert seen == {0, 1}
+    # the batch version draws offsets in the same range: every crop of a batch is a window of the padded image
+    x = torch.from_numpy(padded[:, 4:36, 4:36].copy())[None].repeat(8, 1, 1, 1)
+    crops = bt.random_pad_crop_batch(x, (32, 32), 4, torch.Generator().manual_seed(0))
+    for crop in crops.numpy():
+        assert any(np.array_equal(crop, padded[:, top : top + 32, left : left + 32]) for top in range(9)
+                   for left in range(9))  # fmt: skip
+
+
 def test_modern_recipe_shape_and_boxes_inside_image():
     img = random_image(40, 50)
     pre = Preprocessing(input_size=(3, 24, 24), resize_size=32)
