@@ -2,7 +2,10 @@
 https://arxiv.org/abs/1512.03385
 
 torchvision's version (models/resnet.py, "ResNet v1.5": the stride of a bottleneck sits on its 3x3 convolution),
-with its module names so its checkpoints load.
+with its module names so its checkpoints load. `resnet18_cifar` and `resnet34_cifar` are the same networks for
+32x32 images as kuangliu/pytorch-cifar builds them: a 3x3 stride-1 first convolution and no max-pool, so the four
+stages see 32, 16, 8 and 4 pixels (He et al. 2016, section 4.2, keep CIFAR's 32x32 maps the same way in their
+narrower CIFAR ResNets).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 from classicnets.models.base import ClassicNet
-from classicnets.models.preprocessing import Preprocessing
+from classicnets.models.preprocessing import CIFAR_MEAN, CIFAR_STD, Preprocessing
 from classicnets.models.registry import register_model
 
 
@@ -83,17 +86,25 @@ class ResNet(ClassicNet):
         in_chans: int = 3,
         *,
         zero_init_residual: bool = False,
+        stem: str = "imagenet",
     ) -> None:
         super().__init__()
         self.inplanes = 64
-        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)  # N x 64 x 112 x 112
+        # Shapes at 224x224 (imagenet stem) and at 32x32 (cifar stem: 3x3 stride 1, no max-pool).
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"unknown stem {stem!r}; choose 'imagenet' or 'cifar'")
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)  # N x 64 x 112 x 112
+        else:
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)  # N x 64 x 32 x 32
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # N x 64 x 56 x 56
-        self.layer1 = self._make_layer(block, 64, layers[0])  # N x 64e x 56 x 56
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)  # N x 128e x 28 x 28
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)  # N x 256e x 14 x 14
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)  # N x 512e x 7 x 7
+        # N x 64 x 56 x 56 (imagenet); the cifar stem keeps 32 x 32
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.layer1 = self._make_layer(block, 64, layers[0])  # N x 64e x 56 x 56 | 32 x 32
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)  # N x 128e x 28 x 28 | 16 x 16
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)  # N x 256e x 14 x 14 | 8 x 8
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)  # N x 512e x 7 x 7 | 4 x 4
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         # torchvision's initialisation.
@@ -145,12 +156,29 @@ def _resnet(spec: str, *, num_classes: int = 1000, in_chans: int = 3, **kwargs) 
     return ResNet(block, layers, num_classes, in_chans, **kwargs)
 
 
+def _resnet_cifar(spec: str, *, num_classes: int = 10, in_chans: int = 3, **kwargs) -> ResNet:
+    block, layers = SPECS[spec]
+    return ResNet(block, layers, num_classes, in_chans, stem="cifar", **kwargs)
+
+
+PAPER = "He et al. 2016, https://arxiv.org/abs/1512.03385"
+
 for _name in SPECS:
     register_model(
         _name,
         family="resnet",
         preprocessing=Preprocessing(input_size=(3, 224, 224)),
         min_size=ResNet.min_input_size,
-        paper="He et al. 2016, https://arxiv.org/abs/1512.03385",
+        paper=PAPER,
         description=f"ResNet-{_name[6:]} (torchvision v1.5)",
     )(partial(_resnet, _name))
+
+for _name in ("resnet18", "resnet34"):
+    register_model(
+        f"{_name}_cifar",
+        family="resnet",
+        preprocessing=Preprocessing(input_size=(3, 32, 32), resize_size=None, mean=CIFAR_MEAN, std=CIFAR_STD),
+        min_size=ResNet.min_input_size,
+        paper=PAPER + " (32x32 layout of kuangliu/pytorch-cifar)",
+        description=f"ResNet-{_name[6:]} for 32x32 images (CIFAR): 3x3 stride-1 stem, no max-pool",
+    )(partial(_resnet_cifar, _name))

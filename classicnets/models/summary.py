@@ -131,7 +131,8 @@ def summarize(
             LayerRow(names[module], type(module).__name__, list(output.shape[1:]), params, layer_macs(module, output))
         )
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    # nn.Identity leaves (a switched-off layer, e.g. the CIFAR ResNets' max-pool) do nothing: no row for them
+    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, nn.Identity)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         param = next(model.parameters(), None)

@@ -25,16 +25,27 @@ def test_models_table_lists_every_model(capsys):
     assert "60,965,224" in lines["alexnet2012"] and "0.724G" in lines["alexnet2012"]
     assert "1.449G" in lines["alexnet2012"] and "3x227x227" in lines["alexnet2012"]
     assert "61,706" in lines["lenet5"] and "1x32x32" in lines["lenet5"]
-    assert len(lines) == 18
+    assert "11,173,962" in lines["resnet18_cifar"] and "3x32x32" in lines["resnet18_cifar"]
+    assert "14,728,266" in lines["vgg16_cifar"] and "0.313G" in lines["vgg16_cifar"]
+    assert len(lines) == 24
 
 
 def test_models_json_and_filter(capsys):
     code, out, _ = run_cli(capsys, "models", "resnet*", "--json")
     rows = json.loads(out)
     assert code == 0
-    assert [r["name"] for r in rows] == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]
+    assert [r["name"] for r in rows] == [
+        "resnet101", "resnet152", "resnet18", "resnet18_cifar", "resnet34", "resnet34_cifar", "resnet50",
+    ]  # fmt: skip
     r18 = rows[2]
     assert (r18["params"], r18["flops"], r18["input"]) == (11_689_512, 2 * r18["macs"], "3x224x224")
+
+
+def test_summary_of_a_cifar_network(capsys):
+    code, out, _ = run_cli(capsys, "summary", "resnet18_cifar")
+    assert code == 0
+    assert "resnet18_cifar: input 3 x 32 x 32, 10 classes" in out
+    assert "Total params:               11,173,962" in out
 
 
 def test_summary_text_totals(capsys):

@@ -9,6 +9,7 @@ from torch import nn
 from classicnets.errors import InputSizeError, UnknownModelError, UsageError
 from classicnets.models.googlenet import GoogLeNetOutputs
 from classicnets.models.registry import create_model, get_model_info, list_models
+from classicnets.models.summary import summarize
 
 # docs/facts.md (torchvision weight metadata, bvlc_alexnet shapes) for 1000 classes.
 PARAMS_1000 = {
@@ -33,6 +34,24 @@ PARAMS_1000 = {
     # 96 + 256 + 384 + 384 + 256 channels.
     "alexnet_bn": 62_378_344 + 2 * (96 + 256 + 384 + 384 + 256),
 }
+# The CIFAR networks for 10 classes, derived layer by layer (weights + biases of every convolution and linear layer,
+# BatchNorm's weight and bias; running statistics are buffers, not parameters):
+# - resnet18_cifar: conv1 3x3x3x64 = 1,728 + bn 128; layer1 2 x (2 x 36,864 + 2 x 128) = 147,968; layer2 73,728 +
+#   147,456 + 8,192 (1x1 shortcut) + 3 x 256 + 295,424 = 525,568; layer3 919,040 + 1,180,672 = 2,099,712; layer4
+#   3,673,088 + 4,720,640 = 8,393,728; fc 5,130: 11,173,962 (the figure of kuangliu/pytorch-cifar's ResNet18), which
+#   is also torchvision's resnet18 (11,689,512) - 513,000 (fc) + 5,130 - (9,408 - 1,728) (7x7 -> 3x3 conv1).
+# - resnet34_cifar: the same stem, [3, 4, 6, 3] blocks: 21,282,122.
+# - vggN_cifar: the convolutions with biases + 2 x channels of BatchNorm + 512 x 10 + 10:
+#   vgg11 9,220,480 + 5,504 + 5,130; vgg13 9,404,992 + 5,888 + 5,130; vgg16 14,714,688 + 8,448 + 5,130 (kuangliu's
+#   VGG16: 14,728,266); vgg19 20,024,384 + 11,008 + 5,130.
+PARAMS_CIFAR = {
+    "resnet18_cifar": 11_173_962,
+    "resnet34_cifar": 21_282_122,
+    "vgg11_cifar": 9_231_114,
+    "vgg13_cifar": 9_416_010,
+    "vgg16_cifar": 14_728_266,
+    "vgg19_cifar": 20_040_522,
+}
 # The smallest square input each model accepts, found by searching sizes on the meta device.
 MIN_SIZES = {"alexnet": 63, "alexnet2012": 67, "alexnet_bn": 67, "googlenet": 15, "lenet5": 32, "vgg": 32, "resnet": 1}
 
@@ -51,14 +70,41 @@ def meta_model(name: str, **kwargs) -> nn.Module:
 def test_every_family_is_registered():
     assert ALL == sorted(
         ["lenet5", "alexnet", "alexnet2012", "alexnet_bn", "googlenet"]
-        + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+        + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn", "_cifar")]
         + [f"resnet{d}" for d in (18, 34, 50, 101, 152)]
+        + ["resnet18_cifar", "resnet34_cifar"]
     )
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_1000))
 def test_parameter_count_for_1000_classes(name):
     assert n_params(meta_model(name)) == PARAMS_1000[name]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_CIFAR))
+def test_cifar_parameter_counts_for_10_classes(name):
+    assert n_params(meta_model(name)) == PARAMS_CIFAR[name]  # their default: 10 classes
+    assert get_model_info(name).input_size == (3, 32, 32) and get_model_info(name).preprocessing.resize_size is None
+
+
+def test_cifar_networks_keep_32x32_through_the_stem():
+    s = summarize("resnet18_cifar")
+    assert [r.output_shape for r in s.rows if r.name in ("conv1", "layer1.1.bn2", "layer4.1.bn2")] == [
+        [64, 32, 32], [64, 32, 32], [512, 4, 4]]  # fmt: skip
+    assert "maxpool" not in [r.name for r in s.rows]
+    assert s.rows[0].params == 3 * 3 * 3 * 64  # 3x3 stride-1 stem without bias
+    vgg = summarize("vgg13_cifar")
+    assert [r.output_shape for r in vgg.rows if r.type == "MaxPool2d"][-1] == [512, 1, 1]
+    assert [r.type for r in vgg.rows[:3]] == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+
+def test_vgg_cifar_hidden_head_of_the_tensorflow_tutorial():
+    # 9,404,992 (convolutions) + 5,888 (BatchNorm) + 512 x 256 + 256 + 256 x 128 + 128 + 128 x 100 + 100
+    model = meta_model("vgg13_cifar", num_classes=100, hidden=[256, 128])
+    assert n_params(model) == 9_404_992 + 5_888 + 131_328 + 32_896 + 12_900 == 9_588_004
+    assert model.head == "classifier.4" and model.num_classes == 100
+    model.reset_classifier(7)
+    assert model.get_classifier().in_features == 128 and model.num_classes == 7
 
 
 def test_lenet5_parameter_count():
