@@ -26,7 +26,7 @@ from classicnets.bench.flops import count_flops
 from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_matmul_peak
 from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_info
 from classicnets.bench.settings import BenchConfig
-from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, infer_step, train_step
+from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, timed_step
 from classicnets.bench.timing import Stats, time_interleaved
 from classicnets.models.base import unwrap_model
 from classicnets.models.registry import create_model, get_model_info
@@ -78,13 +78,12 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         paths = _build_paths(cfg, device, precision)
         report.paths = {p.info.name: p.info for p in paths}
         x = torch.randn(batch, *input_size, generator=generator).to(device)
-        num_classes = cfg.num_classes or unwrap_model(paths[0].model).num_classes
-        y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+        y = _labels(paths[0], cfg, batch, generator, device)
+        for p in paths if y is None else []:  # TensorFlow's benchmark takes no optimizer step
+            p.info.optimizer = "no optimizer: train = gradients of sum(out ** 2) / 2"
         for mode in cfg.modes:
             _set_mode(paths, mode)
-            steps = {
-                p.info.name: infer_step(p, x, device) if mode == "infer" else train_step(p, x, y, device) for p in paths
-            }
+            steps = {p.info.name: timed_step(p, mode, x, y, device) for p in paths}
             steps |= {f"peak probe {p}": probe for p, probe in probes.items()}
             total = (cfg.warmup + cfg.steps) * len(steps)
             with _progress(total, quiet, f"{cfg.model} {mode} batch {batch}") as tick:
@@ -117,6 +116,16 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         _set_efficiency(row, peaks)
     report.finish()
     return report
+
+
+def _labels(path: TimedPath, cfg: BenchConfig, batch: int, generator: torch.Generator, device: torch.device):
+    """Random labels for the training step; None for a model without a classifier, whose backward is on
+    sum(x ** 2) / 2 of its output (TensorFlow's AlexNet benchmark; steps.l2_loss_step), without an optimizer."""
+    model = unwrap_model(path.model)
+    if not model.has_classifier:
+        return None
+    num_classes = cfg.num_classes or model.num_classes
+    return torch.randint(0, num_classes, (batch,), generator=generator).to(device)
 
 
 def _build_paths(cfg: BenchConfig, device: torch.device, precision: str) -> list[TimedPath]:

@@ -1,5 +1,6 @@
 """The ways `bench` runs a model (the default path and the plain-PyTorch baseline) and one step of each:
-a forward pass (inference) or a training step (forward + cross-entropy + backward + SGD step)."""
+a forward pass (inference) or a training step (forward + cross-entropy + backward + SGD step); for a model without
+a classifier (alexnet_tf_benchmark), TensorFlow's AlexNet benchmark's forward-backward instead (l2_loss_step)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,28 @@ def train_step(path: TimedPath, x: torch.Tensor, y: torch.Tensor, device: torch.
         path.optimizer.step()
 
     return step
+
+
+def l2_loss_step(path: TimedPath, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """TensorFlow's AlexNet benchmark's "Forward-backward" (tutorials/image/alexnet/alexnet_benchmark.py): the
+    gradients of tf.nn.l2_loss(pool5) = sum(pool5 ** 2) / 2 with respect to every parameter (tf.gradients), no
+    optimizer step; the input needs no gradient."""
+    x = path.to_input(x)
+
+    def step() -> None:
+        path.model.zero_grad(set_to_none=True)
+        with runtime.autocast(device, path.info.precision):
+            out = path.model(x)
+        (out.float().square().sum() / 2).backward()
+
+    return step
+
+
+def timed_step(
+    path: TimedPath, mode: str, x: torch.Tensor, y: torch.Tensor | None, device: torch.device
+) -> Callable[[], None]:
+    """The step `bench` times for `mode`: infer_step, or train_step (l2_loss_step for a model without a
+    classifier, y None)."""
+    if mode == "infer":
+        return infer_step(path, x, device)
+    return train_step(path, x, y, device) if y is not None else l2_loss_step(path, x, device)

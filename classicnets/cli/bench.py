@@ -92,9 +92,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
     from classicnets.bench.run import run_bench
     from classicnets.bench.settings import BenchConfig
-    from classicnets.models.registry import get_model_info
 
-    get_model_info(args.model)  # an unknown name fails here, before any timing
+    tf_benchmark = _print_activations(args, sizes)  # an unknown name fails here, before any timing
     cfg = BenchConfig(
         model=args.model,
         batch_sizes=sizes,
@@ -130,4 +129,31 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print(report.to_csv(), end="")
     else:
         print(report.format())
+        if tf_benchmark:
+            print("\n".join(tf_benchmark_lines(report)))
     return 0
+
+
+def _print_activations(args: argparse.Namespace, sizes: list[int]) -> bool:
+    """For a model without a classifier (TensorFlow's AlexNet benchmark network), print what the benchmark's
+    print_activations prints before it times; True when the model is one."""
+    from classicnets.models.summary import summarize
+
+    shapes = summarize(args.model)
+    if shapes.num_classes:
+        return False
+    if not (args.json or args.csv):
+        for batch in sizes:
+            print("\n".join(shapes.print_activations(batch)), flush=True)
+    return True
+
+
+def tf_benchmark_lines(report) -> list[str]:
+    """The default path's figures as TensorFlow's AlexNet benchmark prints them (time_tensorflow_run)."""
+    names = {"infer": "Forward", "train": "Forward-backward (gradients of sum(pool5 ** 2) / 2, no optimizer step)"}
+    return [
+        f"batch {r.batch_size}: {names[r.mode]} across {r.n} steps, {r.mean_ms / 1e3:.3f} +/- {r.sd_ms / 1e3:.3f} "
+        "sec / batch"
+        for r in report.rows
+        if r.path == "default"
+    ]

@@ -37,6 +37,7 @@ def run_models(args: argparse.Namespace) -> int:
                 "input": "x".join(map(str, info.input_size)),
                 "min_input": info.min_size,
                 "paper": info.paper,
+                "tutorial": info.tutorial,
             }
         )
     if args.json:
@@ -44,9 +45,10 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     table = [
         (r["name"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f}G", f"{r['flops'] / 1e9:.3f}G", r["input"],
-         r["min_input"], r["paper"])
+         r["min_input"], r["tutorial"] or r["paper"])
         for r in rows
     ]  # fmt: skip
-    print(format_table(table, header=("model", "params", "MACs", "FLOPs", "input", "min", "paper"), align="lrrrrrl"))
+    header = ("model", "params", "MACs", "FLOPs", "input", "min", "paper (or the tutorial whose network it is)")
+    print(format_table(table, header=header, align="lrrrrrl"))
     print("\nMACs = multiply-adds of conv and linear layers for one image at the default input; FLOPs = 2 x MACs.")
     return 0

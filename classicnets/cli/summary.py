@@ -16,6 +16,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model", help="model name (see `classicnets models`)")
     p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 3x227x227 (default: the model's own)")
     p.add_argument("--classes", type=int, metavar="N", help="number of classes (default: the model's own)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a builder option (config model.kwargs), e.g. --option groups=1 --option lrn=none for alexnet2012",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_summary)
 
@@ -49,11 +56,20 @@ def run_summary(args: argparse.Namespace) -> int:
         )
     import torch
 
+    from classicnets.config.loading import parse_assignment
     from classicnets.models.registry import create_model
     from classicnets.models.summary import summarize
 
+    options = dict(parse_assignment(text) for text in args.option)
     with torch.device("meta"):
-        model = create_model(args.model, num_classes=args.classes, in_chans=size[0])
+        model = create_model(args.model, num_classes=args.classes, in_chans=size[0], **options)
     s = summarize(model, size)
-    print(json.dumps(s.to_dict(), indent=2) if args.json else s.format())
+    source = {"paper": info.paper, "tutorial": info.tutorial, "options": options}
+    if args.json:
+        print(json.dumps(s.to_dict() | source, indent=2))
+        return 0
+    print(s.format())
+    print(f"Paper:                 {info.paper}")
+    if info.tutorial:
+        print(f"Tutorial:              {info.tutorial}")
     return 0

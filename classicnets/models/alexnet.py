@@ -1,12 +1,13 @@
 """AlexNet: A. Krizhevsky, I. Sutskever, G. E. Hinton, "ImageNet Classification with Deep Convolutional Neural
 Networks", NIPS 2012. https://papers.nips.cc/paper/4824-imagenet-classification-with-deep-convolutional-neural-networks
 
-Three registered variants:
+Two registered networks here (the tutorials' variants are in alexnet_variants.py):
 - `alexnet`: torchvision's layout (One weird trick..., Krizhevsky 2014: 64-192-384-256-256, no LRN, no groups),
   state-dict keys identical to torchvision's so its checkpoints load unchanged.
 - `alexnet2012`: the 2012 paper's network as Caffe's bvlc_alexnet implements it (96-256-384-384-256, LRN,
-  overlapping pooling, groups=2 for the two GPU "towers", 227x227 input, the paper's initialisation).
-- `alexnet_bn`: the Keras-tutorial variant with BatchNorm after every convolution instead of LRN, no groups.
+  overlapping pooling, groups=2 for the two GPU "towers", 227x227 input, the paper's initialisation). Options give
+  the tutorials' versions: `groups=1, lrn="none", init="default"` is the PyTorch AlexNet tutorial's network,
+  `lrn="tf"` TensorFlow's tf.nn.lrn as its tutorials call it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class AlexNet2012(ClassicNet):
 
     Layers are named as in the paper and in Caffe (`features.conv1`, ..., `classifier.fc8`). The paper's two GPUs
     are the groups=2 convolutions: conv2, conv4 and conv5 see only their own half of the channels.
-    `lrn` picks the LRN constants ("paper" for training from scratch, "caffe" for the bvlc_alexnet weights);
+    `lrn` picks the LRN constants ("paper" for training from scratch, "caffe" for the bvlc_alexnet weights, "tf" for
+    the TensorFlow tutorials' tf.nn.lrn, "none" for no LRN layers);
     `init="paper"` is N(0, 0.01) weights with biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere
     (paper, section 5). `groups=1` gives the single-GPU variant (62,378,344 parameters instead of 60,965,224).
     """
@@ -109,25 +111,31 @@ class AlexNet2012(ClassicNet):
         init: str = "paper",
     ) -> None:
         super().__init__()
-        if lrn not in LRN_PRESETS:
-            raise ValueError(f"unknown lrn {lrn!r}; choose one of {', '.join(LRN_PRESETS)}")
+        if lrn not in (*LRN_PRESETS, "none"):
+            raise ValueError(f"unknown lrn {lrn!r}; choose one of {', '.join((*LRN_PRESETS, 'none'))}")
+
+        def norm(i: int) -> list[tuple[str, nn.Module]]:  # lrn="none": no LRN layer at all (the PyTorch tutorial's)
+            return [] if lrn == "none" else [(f"norm{i}", LocalResponseNorm.preset(lrn))]
+
         self.features = nn.Sequential(
             OrderedDict(
-                conv1=nn.Conv2d(in_chans, 96, kernel_size=11, stride=4),  # N x 96 x 55 x 55 (227 input)
-                relu1=nn.ReLU(inplace=True),
-                norm1=LocalResponseNorm.preset(lrn),
-                pool1=nn.MaxPool2d(kernel_size=3, stride=2),  # N x 96 x 27 x 27 (overlapping pooling)
-                conv2=nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups),  # N x 256 x 27 x 27
-                relu2=nn.ReLU(inplace=True),
-                norm2=LocalResponseNorm.preset(lrn),
-                pool2=nn.MaxPool2d(kernel_size=3, stride=2),  # N x 256 x 13 x 13
-                conv3=nn.Conv2d(256, 384, kernel_size=3, padding=1),  # N x 384 x 13 x 13
-                relu3=nn.ReLU(inplace=True),
-                conv4=nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=groups),  # N x 384 x 13 x 13
-                relu4=nn.ReLU(inplace=True),
-                conv5=nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=groups),  # N x 256 x 13 x 13
-                relu5=nn.ReLU(inplace=True),
-                pool5=nn.MaxPool2d(kernel_size=3, stride=2),  # N x 256 x 6 x 6
+                [
+                    ("conv1", nn.Conv2d(in_chans, 96, kernel_size=11, stride=4)),  # N x 96 x 55 x 55 (227 input)
+                    ("relu1", nn.ReLU(inplace=True)),
+                    *norm(1),
+                    ("pool1", nn.MaxPool2d(kernel_size=3, stride=2)),  # N x 96 x 27 x 27 (overlapping pooling)
+                    ("conv2", nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups)),  # N x 256 x 27 x 27
+                    ("relu2", nn.ReLU(inplace=True)),
+                    *norm(2),
+                    ("pool2", nn.MaxPool2d(kernel_size=3, stride=2)),  # N x 256 x 13 x 13
+                    ("conv3", nn.Conv2d(256, 384, kernel_size=3, padding=1)),  # N x 384 x 13 x 13
+                    ("relu3", nn.ReLU(inplace=True)),
+                    ("conv4", nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=groups)),  # N x 384 x 13 x 13
+                    ("relu4", nn.ReLU(inplace=True)),
+                    ("conv5", nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=groups)),  # N x 256 x 13 x 13
+                    ("relu5", nn.ReLU(inplace=True)),
+                    ("pool5", nn.MaxPool2d(kernel_size=3, stride=2)),  # N x 256 x 6 x 6
+                ]
             )
         )
         # Identity at 227x227; lets other input sizes (224, 256 ...) reach fc6 with the 6x6 map it expects.
@@ -147,38 +155,6 @@ class AlexNet2012(ClassicNet):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 if module.bias is not None:
                     nn.init.constant_(module.bias, 1.0 if name in ones else 0.0)
-
-
-class AlexNetBN(ClassicNet):
-    """AlexNet as the Keras tutorials write it: 96-256-384-384-256, each convolution followed by ReLU and
-    BatchNorm (Ioffe & Szegedy 2015) in place of LRN, no groups, then the paper's pooling and classifier."""
-
-    min_input_size = 67
-    head = "classifier.fc8"
-    layer_names = AlexNet2012.layer_names
-
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, *, dropout: float = 0.5) -> None:
-        super().__init__()
-        layers: list[tuple[str, nn.Module]] = []
-        # (name, in, out, kernel, stride, padding, pool after)
-        spec = [
-            ("1", in_chans, 96, 11, 4, 0, True),  # N x 96 x 55 x 55 -> 27 x 27
-            ("2", 96, 256, 5, 1, 2, True),  # N x 256 x 27 x 27 -> 13 x 13
-            ("3", 256, 384, 3, 1, 1, False),  # N x 384 x 13 x 13
-            ("4", 384, 384, 3, 1, 1, False),  # N x 384 x 13 x 13
-            ("5", 384, 256, 3, 1, 1, True),  # N x 256 x 13 x 13 -> 6 x 6
-        ]
-        for i, cin, cout, k, s, p, pool in spec:
-            layers += [
-                (f"conv{i}", nn.Conv2d(cin, cout, kernel_size=k, stride=s, padding=p)),
-                (f"relu{i}", nn.ReLU(inplace=True)),
-                (f"bn{i}", nn.BatchNorm2d(cout)),
-            ]
-            if pool:
-                layers.append((f"pool{i}", nn.MaxPool2d(kernel_size=3, stride=2)))
-        self.features = nn.Sequential(OrderedDict(layers))
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = paper_classifier(num_classes, dropout)
 
 
 @register_model(
@@ -203,15 +179,3 @@ def alexnet(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> AlexNet:
 )
 def alexnet2012(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> AlexNet2012:
     return AlexNet2012(num_classes, in_chans, **kwargs)
-
-
-@register_model(
-    "alexnet_bn",
-    family="alexnet",
-    preprocessing=Preprocessing(input_size=(3, 227, 227)),
-    min_size=AlexNetBN.min_input_size,
-    paper=PAPER + " (BatchNorm for LRN: Ioffe & Szegedy 2015, https://arxiv.org/abs/1502.03167)",
-    description="AlexNet with BatchNorm instead of LRN (Keras tutorials)",
-)
-def alexnet_bn(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> AlexNetBN:
-    return AlexNetBN(num_classes, in_chans, **kwargs)

@@ -24,6 +24,9 @@ class ClassicNet(nn.Module):
 
     min_input_size: int = 1
     head: str = "classifier"
+    # False for a feature extractor without a classifier (alexnet_tf_benchmark): it cannot be trained, and `bench`
+    # times its backward on sum(x ** 2) / 2 of its output, as TensorFlow's AlexNet benchmark does.
+    has_classifier: bool = True
     # Extra heads replaced together with the main one (GoogLeNet's auxiliary classifiers).
     extra_heads: tuple[str, ...] = ()
     # The paper's layer names -> dotted module names, for fine-tuning flags (--skip-layers fc8, --freeze-until conv5).

@@ -16,13 +16,17 @@ from torch import nn
 
 from classicnets.models.base import is_tracing
 
-# Constants of the two LRN conventions that matter for AlexNet (docs/facts.md):
+# Constants of the three LRN conventions that matter for AlexNet (docs/facts.md):
 # - "paper": Krizhevsky et al. 2012, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75, and alpha is NOT divided by n.
 # - "caffe": bvlc_alexnet deploy.prototxt: local_size 5, alpha 1e-4, beta 0.75, k 1 (Caffe's default), and Caffe
 #   divides alpha by local_size, as torch.nn.LocalResponseNorm does.
+# - "tf": TensorFlow's tf.nn.lrn as its tutorials call it (the CIFAR-10 tutorial's cifar10.py and the AlexNet
+#   benchmark's widely copied version): depth_radius=4 (a window of 2 * 4 + 1 = 9 channels), bias=1,
+#   alpha=0.001 / 9, beta=0.75; TensorFlow does NOT divide alpha by the window.
 LRN_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_over_size": False},
     "caffe": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0, "alpha_over_size": True},
+    "tf": {"size": 9, "alpha": 0.001 / 9, "beta": 0.75, "k": 1.0, "alpha_over_size": False},
 }
 
 
@@ -48,7 +52,7 @@ class LocalResponseNorm(nn.Module):
 
     @classmethod
     def preset(cls, name: str) -> LocalResponseNorm:
-        """LRN with the constants of a named convention: "paper" or "caffe"."""
+        """LRN with the constants of a named convention: "paper", "caffe" or "tf"."""
         try:
             return cls(**LRN_PRESETS[name])
         except KeyError:

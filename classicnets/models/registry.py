@@ -31,6 +31,7 @@ class ModelInfo:
     min_size: int  # smallest square input (pixels) the network can process
     paper: str  # citation and link
     description: str = ""
+    tutorial: str = ""  # the tutorial whose network this is, when it is one (described, as `models` shows it)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -48,13 +49,14 @@ def register_model(
     min_size: int,
     paper: str,
     description: str = "",
+    tutorial: str = "",
 ) -> Callable[[Callable[..., ClassicNet]], Callable[..., ClassicNet]]:
     """Decorator registering a builder `fn(*, num_classes, in_chans, **kwargs) -> ClassicNet` under `name`."""
 
     def decorator(builder: Callable[..., ClassicNet]) -> Callable[..., ClassicNet]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, builder, family, preprocessing, min_size, paper, description)
+        _REGISTRY[name] = ModelInfo(name, builder, family, preprocessing, min_size, paper, description, tutorial)
         return builder
 
     return decorator
@@ -105,7 +107,9 @@ def create_model(
         kwargs["in_chans"] = in_chans
     try:
         model = info.builder(**kwargs)
-    except TypeError as e:  # an unknown keyword for this builder
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as e:  # an unknown keyword for this builder, or a value it does not take
         raise UsageError(f"{name}: {e}") from None
     model.preprocessing = info.preprocessing.with_channels(in_chans or info.input_size[0])
     model.model_name = name

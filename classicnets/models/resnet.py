@@ -5,7 +5,8 @@ torchvision's version (models/resnet.py, "ResNet v1.5": the stride of a bottlene
 with its module names so its checkpoints load. `resnet18_cifar` and `resnet34_cifar` are the same networks for
 32x32 images as kuangliu/pytorch-cifar builds them: a 3x3 stride-1 first convolution and no max-pool, so the four
 stages see 32, 16, 8 and 4 pixels (He et al. 2016, section 4.2, keep CIFAR's 32x32 maps the same way in their
-narrower CIFAR ResNets).
+narrower CIFAR ResNets). `resnet18_keras_cifar` is the TensorFlow 2 CIFAR-100 tutorial's ResNet-18, exactly
+(KerasResNet: biases, Keras' BatchNorm, TensorFlow's padding, a stem with a max-pool, 1x1 shortcuts without BN).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from classicnets.models.base import ClassicNet
+from classicnets.models.keras_layers import Conv2dSame, MaxPool2dSame, keras_batch_norm, keras_init
 from classicnets.models.preprocessing import CIFAR_MEAN, CIFAR_STD, Preprocessing
 from classicnets.models.registry import register_model
 
@@ -100,7 +102,7 @@ class ResNet(ClassicNet):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         # N x 64 x 56 x 56 (imagenet); the cifar stem keeps 32 x 32
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         self.layer1 = self._make_layer(block, 64, layers[0])  # N x 64e x 56 x 56 | 32 x 32
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)  # N x 128e x 28 x 28 | 16 x 16
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)  # N x 256e x 14 x 14 | 8 x 8
@@ -140,6 +142,53 @@ class ResNet(ClassicNet):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))  # N x num_classes
+
+
+class KerasBasicBlock(BasicBlock):
+    """The BasicBlock of the TensorFlow 2 ResNet tutorial: convolutions with biases, Keras' BatchNorm constants,
+    TensorFlow's "same" padding (asymmetric on the stride-2 convolution), and where the block downsamples a 1x1
+    stride-2 convolution without BatchNorm as the shortcut (the identity elsewhere). BasicBlock's forward."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        nn.Module.__init__(self)
+        self.conv1: nn.Conv2d = (
+            Conv2dSame(inplanes, planes, 3, stride) if stride > 1 else nn.Conv2d(inplanes, planes, 3, padding=1)
+        )
+        self.bn1 = keras_batch_norm(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
+        self.bn2 = keras_batch_norm(planes)
+        self.downsample = nn.Conv2d(inplanes, planes, 1, stride=stride) if stride != 1 else None
+
+
+class KerasResNet(ResNet):
+    """The TensorFlow 2 CIFAR-100 tutorial's ResNet (its resnet.py): a 3x3 "valid" convolution with bias, BatchNorm,
+    ReLU and a 2x2 stride-1 "same" max-pool as the stem, KerasBasicBlocks, global average pooling, one Dense layer;
+    Keras' initialisation. ResNet's forward."""
+
+    min_input_size = 3  # the stem's 3x3 "valid" convolution
+
+    def __init__(self, layers: list[int], num_classes: int = 100, in_chans: int = 3) -> None:
+        ClassicNet.__init__(self)  # not ResNet's torchvision layers
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3)  # "valid": N x 64 x 30 x 30 at 32x32
+        self.bn1 = keras_batch_norm(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = MaxPool2dSame(2, 1)  # N x 64 x 30 x 30 (pads 1 at the bottom and right)
+        self.layer1 = self._keras_layer(64, 64, layers[0], 1)  # N x 64 x 30 x 30
+        self.layer2 = self._keras_layer(64, 128, layers[1], 2)  # N x 128 x 15 x 15
+        self.layer3 = self._keras_layer(128, 256, layers[2], 2)  # N x 256 x 8 x 8
+        self.layer4 = self._keras_layer(256, 512, layers[3], 2)  # N x 512 x 4 x 4
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+        keras_init(self)
+
+    @staticmethod
+    def _keras_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        rest = [KerasBasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(KerasBasicBlock(inplanes, planes, stride), *rest)
+
+    def _init_new_head(self, layer: nn.Linear) -> None:
+        keras_init(layer)
 
 
 SPECS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
@@ -182,3 +231,18 @@ for _name in ("resnet18", "resnet34"):
         paper=PAPER + " (32x32 layout of kuangliu/pytorch-cifar)",
         description=f"ResNet-{_name[6:]} for 32x32 images (CIFAR): 3x3 stride-1 stem, no max-pool",
     )(partial(_resnet_cifar, _name))
+
+
+@register_model(
+    "resnet18_keras_cifar",
+    family="resnet",
+    # the tutorial's preprocess(): x / 255 - 0.5, no std
+    preprocessing=Preprocessing(input_size=(3, 32, 32), resize_size=None, mean=(0.5,) * 3, std=(1.0,) * 3),
+    min_size=KerasResNet.min_input_size,
+    paper=PAPER,
+    description="ResNet-18 of the TF2 CIFAR-100 tutorial: valid 3x3 stem + 2x2 max-pool, biases, 1x1 shortcuts",
+    tutorial="TensorFlow 2 ResNet-18 on CIFAR-100 (resnet.py): stem conv 3x3 valid + BN + ReLU + 2x2/1 max-pool, "
+    "[2, 2, 2, 2] blocks, stride-2 shortcuts a 1x1 convolution without BN",
+)
+def resnet18_keras_cifar(*, num_classes: int = 100, in_chans: int = 3) -> KerasResNet:
+    return KerasResNet([2, 2, 2, 2], num_classes, in_chans)

@@ -1,6 +1,8 @@
 """Layer-by-layer inspection: output shape, parameters and multiply-adds of every layer, then totals.
 
-What the TensorFlow tutorials' `print_activations` and Keras' `model.summary()` print. The model runs once on
+What the TensorFlow tutorials' `print_activations` and Keras' `model.summary()` print, BatchNorm's running
+statistics included on a line of their own (Keras counts them as non-trainable parameters; PyTorch keeps them as
+buffers). The model runs once on
 PyTorch's "meta" device by default, so even VGG-19 is inspected without allocating its 575 MB of weights.
 
 Counting convention (the one torchvision's metadata and the papers use): MACs are the multiply-adds of
@@ -34,12 +36,13 @@ class LayerRow:
 class ModelSummary:
     model: str
     input_size: list[int]  # C x H x W
-    num_classes: int
+    num_classes: int  # 0 for a feature extractor without a classifier (alexnet_tf_benchmark)
     rows: list[LayerRow] = field(default_factory=list)
     total_params: int = 0
     trainable_params: int = 0
     macs: int = 0
     activation_bytes: int = 0  # sum of every layer's output for one image, float32
+    batchnorm_statistics: int = 0  # running means and variances of the BatchNorm layers (buffers, not parameters)
 
     @property
     def flops(self) -> int:
@@ -58,18 +61,40 @@ class ModelSummary:
             align="lllrr",
         )
         rule = lines[1]
-        out = [f"{self.model}: input {_shape(self.input_size)}, {self.num_classes} classes", rule, *lines]
+        output = f"{self.num_classes} classes" if self.num_classes else "no classifier (a feature extractor)"
+        out = [f"{self.model}: input {_shape(self.input_size)}, {output}", rule, *lines]
         out += [
             rule,
             f"Total params:          {self.total_params:>15,}",
             f"Trainable params:      {self.trainable_params:>15,}",
             f"Non-trainable params:  {self.total_params - self.trainable_params:>15,}",
+            *self._statistics_lines(),
             f"MACs (multiply-adds):  {self.macs:>15,}  ({_si(self.macs)}MACs)",
             f"FLOPs (2 x MACs):      {self.flops:>15,}  ({_si(self.flops)}FLOPs)",
             f"Activations per image: {self.activation_bytes / 2**20:>15,.2f} MiB (float32, sum of layer outputs)",
             f"Parameter memory:      {self.total_params * 4 / 2**20:>15,.2f} MiB (float32)",
         ]
         return "\n".join(out)
+
+    def _statistics_lines(self) -> list[str]:
+        if not self.batchnorm_statistics:
+            return []
+        return [
+            f"BatchNorm statistics:  {self.batchnorm_statistics:>15,}  (running means and variances: buffers)",
+            f"With the statistics:   {self.total_params + self.batchnorm_statistics:>15,}  "
+            '(Keras\' "Total params", which counts them as non-trainable)',
+        ]
+
+    def print_activations(self, batch: int) -> list[str]:
+        """The convolution and pooling outputs as TensorFlow's AlexNet benchmark prints them (print_activations:
+        the layer's name, then batch x height x width x channels)."""
+        lines = []
+        for r in self.rows:
+            name = r.name.rpartition(".")[2]
+            if name.startswith(("conv", "pool")) and len(r.output_shape) == 3:
+                c, h, w = r.output_shape
+                lines.append(f"{name}   {[batch, h, w, c]}")
+        return lines
 
 
 def _shape(shape: list[int]) -> str:
@@ -144,10 +169,18 @@ def summarize(
             h.remove()
 
     params = list(model.parameters())
+    statistics = [
+        buffer
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for key, buffer in m.named_buffers(recurse=False)
+        if key in ("running_mean", "running_var")
+    ]
     return ModelSummary(
         model=name,
         input_size=list(input_size),
-        num_classes=out.shape[-1],
+        num_classes=out.shape[-1] if out.dim() == 2 else 0,
+        batchnorm_statistics=sum(b.numel() for b in statistics),
         rows=rows,
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),

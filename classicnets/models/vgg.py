@@ -4,7 +4,8 @@ ICLR 2015. https://arxiv.org/abs/1409.1556
 Table-driven as in torchvision's models/vgg.py and timm's vgg.py; state-dict keys identical to torchvision's.
 `vgg11_cifar` ... `vgg19_cifar` are the same convolution blocks for 32x32 images (CIFAR), as the widely used
 kuangliu/pytorch-cifar builds them: BatchNorm after every convolution, the five poolings take 32x32 to 1x1, and
-one linear layer 512 -> classes replaces the three 4096-wide ones.
+one linear layer 512 -> classes replaces the three 4096-wide ones. `vgg13_keras_cifar` is the TensorFlow 2
+CIFAR-100 tutorial's VGG-13: the same blocks without BatchNorm, Dense 256 -> 128 -> 100, Keras' initialisation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import partial
 from torch import nn
 
 from classicnets.models.base import ClassicNet
+from classicnets.models.keras_layers import keras_init
 from classicnets.models.preprocessing import CIFAR_MEAN, CIFAR_STD, Preprocessing
 from classicnets.models.registry import register_model
 
@@ -87,7 +89,8 @@ class VGGCifar(ClassicNet):
     linear layer 512 -> classes, or hidden ReLU layers first (`hidden=(256, 128)`: the Dense 256 -> 128 head of
     the TensorFlow 2 CIFAR-100 tutorial).
 
-    The pooling before the head is adaptive so larger inputs work too; at 32x32 it is an identity.
+    The pooling before the head is adaptive so larger inputs work too; at 32x32 it is an identity. `init` is
+    "torchvision" (He for convolutions, N(0, 0.01) for the head) or "keras" (Glorot-uniform, zero biases).
     """
 
     min_input_size = 32  # five 2x2 poolings: 32 -> 1
@@ -100,6 +103,7 @@ class VGGCifar(ClassicNet):
         *,
         batch_norm: bool = True,
         hidden: Sequence[int] = (),
+        init: str = "torchvision",
     ) -> None:
         super().__init__()
         self.features = make_features(cfg, in_chans, batch_norm=batch_norm)  # N x 512 x 1 x 1 at 32x32
@@ -112,7 +116,19 @@ class VGGCifar(ClassicNet):
         layers.append(nn.Linear(width, num_classes))  # N x num_classes
         self.classifier = nn.Sequential(*layers)
         self.head = f"classifier.{len(layers) - 1}"
-        torchvision_init(self)
+        if init not in ("torchvision", "keras"):
+            raise ValueError(f"unknown init {init!r}; choose 'torchvision' or 'keras'")
+        self.keras = init == "keras"
+        if self.keras:
+            keras_init(self)
+        else:
+            torchvision_init(self)
+
+    def _init_new_head(self, layer: nn.Linear) -> None:
+        if getattr(self, "keras", False):
+            keras_init(layer)
+        else:
+            super()._init_new_head(layer)
 
 
 def _vgg(cfg_name: str, batch_norm: bool, *, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> VGG:
@@ -143,3 +159,15 @@ for _name in CONFIGS:
         paper=PAPER + " (32x32 layout of kuangliu/pytorch-cifar: BatchNorm, one linear layer)",
         description=f"VGG-{_name[3:]} for 32x32 images (CIFAR): BatchNorm, 512 -> classes head",
     )(partial(_vgg_cifar, _name))
+
+
+register_model(
+    "vgg13_keras_cifar",
+    family="vgg",
+    # the tutorial's preprocess(): x / 255, no mean or std
+    preprocessing=Preprocessing(input_size=(3, 32, 32), resize_size=None, mean=(0.0,) * 3, std=(1.0,) * 3),
+    min_size=VGGCifar.min_input_size,
+    paper=PAPER,
+    description="VGG-13 of the TF2 CIFAR-100 tutorial: no BatchNorm, Dense 256 -> 128 -> classes",
+    tutorial="TensorFlow 2 CIFAR-100 and VGG13 (cifar100_train.py): ten 3x3 convolutions, 2x2 pools, Dense 256-128-100",
+)(partial(_vgg_cifar, "vgg13", num_classes=100, batch_norm=False, hidden=(256, 128), init="keras"))

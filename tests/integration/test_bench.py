@@ -173,3 +173,37 @@ def test_cli_usage_errors(capsys, argv, message):
     assert main(["bench", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_l2_loss_step_takes_the_gradients_of_half_the_squared_pool5_without_an_optimizer_step():
+    from classicnets.bench.steps import build_baseline_path, l2_loss_step
+
+    torch.manual_seed(0)
+    path = build_baseline_path(create_model("alexnet_tf_benchmark"), CPU)  # fp32, plain PyTorch
+    x = torch.randn(2, 3, 57, 57)
+    before = {n: p.detach().clone() for n, p in path.model.named_parameters()}
+    l2_loss_step(path, x, CPU)()
+    grads = {n: p.grad.clone() for n, p in path.model.named_parameters()}
+    assert all(torch.equal(p, before[n]) for n, p in path.model.named_parameters())  # no optimizer step
+    reference = create_model("alexnet_tf_benchmark")
+    reference.load_state_dict(before)
+    out = reference(x)
+    (0.5 * (out**2).sum()).backward()  # tf.nn.l2_loss(pool5)
+    for name, p in reference.named_parameters():  # the baseline path runs torch's LRN, the reference ours
+        assert (grads[name] - p.grad).norm() <= 1e-5 * p.grad.norm(), name
+
+
+def test_cli_times_the_tf_benchmark_network_as_its_tutorial_does(capsys):
+    code = main(["bench", "--model", "alexnet_tf_benchmark", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+                 "--quiet", "--peak-seconds", "0.1", "--threads", "2"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:8] == [  # print_activations: batch x height x width x channels, before any timing
+        "conv1   [2, 56, 56, 64]", "pool1   [2, 27, 27, 64]", "conv2   [2, 27, 27, 192]", "pool2   [2, 13, 13, 192]",
+        "conv3   [2, 13, 13, 384]", "conv4   [2, 13, 13, 256]", "conv5   [2, 13, 13, 256]", "pool5   [2, 6, 6, 256]",
+    ]  # fmt: skip
+    assert any("no optimizer: train = gradients of sum(out ** 2) / 2" in line for line in out)
+    tf_lines = [line for line in out if "across 2 steps" in line]
+    assert [line.split(":")[1].split(" across")[0].strip() for line in tf_lines] == [
+        "Forward", "Forward-backward (gradients of sum(pool5 ** 2) / 2, no optimizer step)"]  # fmt: skip
+    assert all(line.endswith("sec / batch") and " +/- " in line for line in tf_lines)

@@ -27,7 +27,9 @@ def test_models_table_lists_every_model(capsys):
     assert "61,706" in lines["lenet5"] and "1x32x32" in lines["lenet5"]
     assert "11,173,962" in lines["resnet18_cifar"] and "3x32x32" in lines["resnet18_cifar"]
     assert "14,728,266" in lines["vgg16_cifar"] and "0.313G" in lines["vgg16_cifar"]
-    assert len(lines) == 24
+    vgg13 = lines["vgg13_keras_cifar"]
+    assert "9,582,116" in vgg13 and "TensorFlow 2 CIFAR-100 and VGG13" in vgg13
+    assert len(lines) == 29
 
 
 def test_models_json_and_filter(capsys):
@@ -35,7 +37,8 @@ def test_models_json_and_filter(capsys):
     rows = json.loads(out)
     assert code == 0
     assert [r["name"] for r in rows] == [
-        "resnet101", "resnet152", "resnet18", "resnet18_cifar", "resnet34", "resnet34_cifar", "resnet50",
+        "resnet101", "resnet152", "resnet18", "resnet18_cifar", "resnet18_keras_cifar", "resnet34", "resnet34_cifar",
+        "resnet50",
     ]  # fmt: skip
     r18 = rows[2]
     assert (r18["params"], r18["flops"], r18["input"]) == (11_689_512, 2 * r18["macs"], "3x224x224")
@@ -46,6 +49,24 @@ def test_summary_of_a_cifar_network(capsys):
     assert code == 0
     assert "resnet18_cifar: input 3 x 32 x 32, 10 classes" in out
     assert "Total params:               11,173,962" in out
+
+
+def test_summary_of_the_tutorials_networks(capsys):
+    code, out, _ = run_cli(capsys, "summary", "alexnet_keras_bn")
+    assert code == 0
+    assert "Total params:               46,846,040" in out
+    assert "BatchNorm statistics:              704  (running means and variances: buffers)" in out
+    assert 'With the statistics:        46,846,744  (Keras\' "Total params"' in out
+    assert "Tutorial:              Keras AlexNet tutorial (24 classes)" in out
+    code, out, _ = run_cli(capsys, "summary", "alexnet2012", "--option", "groups=1", "--option", "lrn=none",
+                           "--classes", "2", "--json")  # fmt: skip
+    data = json.loads(out)
+    assert (data["total_params"], data["options"], data["batchnorm_statistics"]) == (
+        58_289_538, {"groups": 1, "lrn": "none"}, 0)  # fmt: skip
+    assert "BatchNorm statistics" not in run_cli(capsys, "summary", "alexnet2012")[1]  # no BatchNorm, no line
+    code, out, _ = run_cli(capsys, "summary", "alexnet_tf_benchmark")
+    assert "alexnet_tf_benchmark: input 3 x 224 x 224, no classifier (a feature extractor)" in out
+    assert "Total params:                2,469,696" in out
 
 
 def test_summary_text_totals(capsys):

@@ -90,8 +90,8 @@ def test_use_torch_lrn_swaps_every_layer_and_keeps_the_output():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown LRN preset 'tf'"):
-        LocalResponseNorm.preset("tf")
+    with pytest.raises(ValueError, match="unknown LRN preset 'tensorflow'; choose one of paper, caffe, tf"):
+        LocalResponseNorm.preset("tensorflow")
 
 
 CHANNELS_LAST = torch.channels_last

@@ -20,7 +20,7 @@ PACKAGE = REPO / "classicnets"
 REGISTRATION_CYCLE = {
     "classicnets.models",
     "classicnets.models.registry",
-    *(f"classicnets.models.{family}" for family in ("alexnet", "vgg", "googlenet", "resnet", "lenet")),
+    *(f"classicnets.models.{m}" for m in ("alexnet", "alexnet_variants", "vgg", "googlenet", "resnet", "lenet")),
 }
 
 

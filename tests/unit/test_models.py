@@ -53,7 +53,11 @@ PARAMS_CIFAR = {
     "vgg19_cifar": 20_040_522,
 }
 # The smallest square input each model accepts, found by searching sizes on the meta device.
-MIN_SIZES = {"alexnet": 63, "alexnet2012": 67, "alexnet_bn": 67, "googlenet": 15, "lenet5": 32, "vgg": 32, "resnet": 1}
+MIN_SIZES = {"alexnet": 63, "alexnet2012": 67, "alexnet_bn": 67, "alexnet_keras_bn": 67, "alexnet_keras_fashion": 57,
+             "alexnet_tf_benchmark": 57, "resnet18_keras_cifar": 3, "googlenet": 15, "lenet5": 32, "vgg": 32,
+             "resnet": 1}  # fmt: skip
+# Models without a classifier (a feature extractor; tests/unit/test_models_tutorials.py has its own tests).
+NO_CLASSIFIER = {"alexnet_tf_benchmark"}
 
 ALL = list_models()
 
@@ -73,6 +77,9 @@ def test_every_family_is_registered():
         + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn", "_cifar")]
         + [f"resnet{d}" for d in (18, 34, 50, 101, 152)]
         + ["resnet18_cifar", "resnet34_cifar"]
+        # the tutorials' networks
+        + ["alexnet_keras_bn", "alexnet_keras_fashion", "alexnet_tf_benchmark", "vgg13_keras_cifar"]
+        + ["resnet18_keras_cifar"]
     )
 
 
@@ -123,10 +130,10 @@ def test_alexnet2012_without_groups_matches_facts():
 @pytest.mark.parametrize("name", ALL)
 def test_forward_backward_at_default_size(name):
     info = get_model_info(name)
-    model = create_model(name, num_classes=7).train()
+    model = create_model(name, **({} if name in NO_CLASSIFIER else {"num_classes": 7})).train()
     x = torch.randn(2, *info.input_size)
     out = model(x)
-    assert out.shape == (2, 7)
+    assert out.shape == ((2, 256, 6, 6) if name in NO_CLASSIFIER else (2, 7))
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
@@ -139,9 +146,10 @@ def test_smallest_input_works_and_one_pixel_less_fails(name):
     info = get_model_info(name)
     expected_min = MIN_SIZES.get(name, MIN_SIZES.get(info.family))
     assert info.min_size == expected_min
-    model = create_model(name, num_classes=3, in_chans=1).eval()
+    model = create_model(name, in_chans=1, **({} if name in NO_CLASSIFIER else {"num_classes": 3})).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 1, expected_min, expected_min)).shape == (1, 3)
+        assert model(torch.randn(1, 1, expected_min, expected_min)).shape[:2] == ((1, 256) if name in NO_CLASSIFIER
+                                                                                  else (1, 3))  # fmt: skip
         if expected_min > 1:
             with pytest.raises(InputSizeError, match=f"minimum is {expected_min}x{expected_min}"):
                 model(torch.randn(1, 1, expected_min - 1, expected_min + 5))
@@ -186,6 +194,8 @@ def test_unknown_name_lists_closest():
         create_model("alexnet", in_chans=4)
     with pytest.raises(UsageError, match="unexpected keyword argument 'lrn'"):
         create_model("alexnet", lrn="caffe")
+    with pytest.raises(UsageError, match="alexnet2012: unknown init 'he'"):
+        create_model("alexnet2012", init="he")
 
 
 def test_torchvision_state_dict_keys():
