@@ -77,3 +77,15 @@ def test_cli_cifar100_coarse_labels_for_train_and_eval(tmp_path, capsys, cifar_k
     assert code == 0, err and json.loads(out)["images"] == 4
     code, _, err = run_cli(capsys, "eval", "--weights", run / "best.pt", "--data", folder, "--quiet")
     assert code == 1 and "classes fine0, fine1, fine2, fine3, fine4 are not among the model's 20 classes" in err
+
+
+def test_cli_trains_the_tf2_tutorials_resnet18_with_its_recipe(tmp_path, capsys, cifar_kit):
+    folder = cifar_kit.cifar100_python(tmp_path, train=8, test=4)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--config", "resnet18_keras_cifar100", "--data", folder, "--out", run,
+                           *FAST)  # fmt: skip
+    assert code == 0, err
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["model"]["name"], config["optim"]["name"], config["optim"]["lr"]) == ("resnet18_keras_cifar", "adam",
+                                                                                        0.001)  # fmt: skip
+    assert len(json.loads((run / "classes.json").read_text())) == 100

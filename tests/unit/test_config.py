@@ -40,6 +40,8 @@ def test_precedence_defaults_recipe_flags_settings():
 def test_recipes_by_name_path_and_top_level_configs_folder(tmp_path):
     assert set(list_recipes()) >= {
         "alexnet2012_paper", "alexnet2012_small_data", "alexnet2012_finetune", "lenet5_digits", "resnet_torchvision",
+        "resnet18_cifar10", "resnet18_cifar10_short", "vgg13_cifar100", "alexnet_fashion_mnist",
+        "alexnet_pytorch_tutorial", "vgg13_keras_cifar100", "resnet18_keras_cifar100",
     }  # fmt: skip
     assert find_recipe("alexnet2012_paper") == find_recipe("alexnet2012_paper.yaml")
     via_folder = resolve_config(REPO / "configs" / "alexnet2012_paper.yaml")
@@ -48,6 +50,32 @@ def test_recipes_by_name_path_and_top_level_configs_folder(tmp_path):
     own.write_text("optim: {lr: 0.05}\ntrain:\n  epochs: 3\n")
     cfg = resolve_config(own)
     assert (cfg.optim.lr, cfg.train.epochs, cfg.optim.name) == (0.05, 3, "sgd")
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_builds_its_model_with_its_options(name):
+    import torch
+
+    from classicnets.models.registry import create_model
+
+    cfg = resolve_config(name)
+    with torch.device("meta"):
+        model = create_model(cfg.model.name, in_chans=cfg.model.in_chans, **cfg.model.kwargs)
+    assert model.model_name == cfg.model.name
+
+
+def test_tutorial_recipes_have_their_scripts_numbers():
+    # (model, optimizer, lr, batch, epochs): the PyTorch tutorial's train.py, lesson 40's cifar100_train.py,
+    # lesson 43's resnet18_train.py
+    got = {name: (c.model.name, c.optim.name, c.optim.lr, c.train.batch_size, c.train.epochs, c.data.augment)
+           for name in ("alexnet_pytorch_tutorial", "vgg13_keras_cifar100", "resnet18_keras_cifar100")
+           for c in [resolve_config(name)]}  # fmt: skip
+    assert got == {
+        "alexnet_pytorch_tutorial": ("alexnet2012", "adam", 1e-3, 32, 10, "none"),
+        "vgg13_keras_cifar100": ("vgg13_keras_cifar", "adam", 1e-4, 128, 50, "none"),
+        "resnet18_keras_cifar100": ("resnet18_keras_cifar", "adam", 1e-3, 512, 500, "none"),
+    }
+    assert resolve_config("alexnet_pytorch_tutorial").model.kwargs == {"groups": 1, "lrn": "none", "init": "default"}
 
 
 def test_paper_recipe_has_the_papers_numbers():
