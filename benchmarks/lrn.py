@@ -3,8 +3,10 @@
 Candidates, all with the paper's constants:
   torch     torch.nn.LocalResponseNorm (3-D average pooling over a zero-padded copy of x^2; autograd backward)
   banded    the first classicnets version: window sums as a banded 0/1 matmul over channels, autograd backward
+  whole     ours on the whole batch at once (the version before chunking: every temporary batch-sized)
   ours      classicnets.models.lrn.LocalResponseNorm: shifted in-place channel-slice sums, square roots for
-            the 0.75 power, a hand-written backward
+            the 0.75 power, a hand-written backward that recomputes the denominators, a few images at a time
+            (lrn._CHUNK_BYTES) so the temporaries stay in cache
 in fp32 and bf16 (input and gradient in bf16, as under autocast), NCHW and channels_last. Candidates are timed
 interleaved (classicnets.bench.timing.time_interleaved); the table gives median ms (min) and the speed-up of `ours` over
 `torch`. On a shared machine use --threads 1: single-threaded timings are far less disturbed by other processes.
@@ -15,10 +17,13 @@ interleaved (classicnets.bench.timing.time_interleaved); the table gives median 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 from classicnets.bench.timing import time_interleaved
+from classicnets.models import lrn
 from classicnets.models.lrn import LocalResponseNorm
 from classicnets.runtime import native_bf16
 
@@ -51,18 +56,30 @@ class Upcast(torch.nn.Module):
         return self.module(x.float()).to(x.dtype)
 
 
-def make_step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, *, backward: bool):
+@contextlib.contextmanager
+def whole_batch() -> Iterator[None]:
+    """LRN's chunking switched off (one chunk holds the whole batch), for the forward and the backward."""
+    saved, lrn._CHUNK_BYTES = lrn._CHUNK_BYTES, 2**62
+    try:
+        yield
+    finally:
+        lrn._CHUNK_BYTES = saved
+
+
+def make_step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, *, backward: bool, whole: bool):
+    context = whole_batch if whole else contextlib.nullcontext
     if not backward:
 
         def forward() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), context():
                 module(x)
 
         return forward
     leaf = x.detach().requires_grad_()
 
     def forward_backward() -> None:
-        module(leaf).backward(grad)
+        with context():
+            module(leaf).backward(grad)
 
     return forward_backward
 
@@ -82,6 +99,7 @@ def main() -> None:
     candidates_by_name = {
         "torch": ours.to_torch(),
         "banded": BandedMatmulLRN(ours.size, ours.effective_alpha, ours.beta, ours.k),
+        "whole": ours,
         "ours": ours,
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
@@ -101,7 +119,9 @@ def main() -> None:
                             continue  # an emulated bf16 matmul (~1 GFLOP/s) would take minutes
                         if name == "torch" and dtype == torch.bfloat16:
                             module = Upcast(module)  # torch's avg_pool3d has no CPU bf16 kernel
-                        steps[name] = make_step(module, x, grad, backward=direction != "forward")
+                        steps[name] = make_step(
+                            module, x, grad, backward=direction != "forward", whole=name == "whole"
+                        )
                     stats = time_interleaved(steps, warmup=args.warmup, steps=args.steps, device=device)
                     cells = "  ".join(f"{n} {s.median * 1e3:7.1f} ({s.min * 1e3:6.1f})" for n, s in stats.items())
                     speedup = stats["torch"].median / stats["ours"].median

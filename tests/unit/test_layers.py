@@ -276,3 +276,35 @@ def test_fast_cpu_layers_fall_back_to_plain_pytorch_when_the_onednn_op_fails(mon
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
     assert fast[0]._fast_path_failed and fast[2]._fast_path_failed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_chunked_lrn_equals_the_whole_batch_forward_and_backward(monkeypatch, dtype, layout):
+    """Eager LRN works a few images at a time; with chunks of one image (and a batch of 5 that does not divide
+    evenly into two-image chunks) output and input gradient equal the whole-batch computation, in x's dtype and
+    layout."""
+    from classicnets.models import lrn
+
+    x = (torch.rand(5, 12, 6, 7, generator=torch.Generator().manual_seed(3)) * 50).to(dtype)
+    x = x.contiguous(memory_format=layout)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    layer = LocalResponseNorm.preset("paper")
+
+    def run(chunk_bytes):
+        monkeypatch.setattr(lrn, "_CHUNK_BYTES", chunk_bytes)
+        leaf = x.detach().clone().requires_grad_()
+        y = layer(leaf)
+        y.backward(grad)
+        with torch.no_grad():
+            inference = layer(x)
+        return y.detach(), leaf.grad, inference
+
+    per_image = 12 * 6 * 7 * 4
+    whole = run(2**62)
+    for chunk, pieces in ((per_image, 5), (2 * per_image, 3)):
+        chunked = run(chunk)
+        assert len(lrn._chunks(x)) == pieces
+        for got, want in zip(chunked, whole, strict=True):
+            assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
