@@ -119,9 +119,7 @@ def main() -> None:
                             continue  # an emulated bf16 matmul (~1 GFLOP/s) would take minutes
                         if name == "torch" and dtype == torch.bfloat16:
                             module = Upcast(module)  # torch's avg_pool3d has no CPU bf16 kernel
-                        steps[name] = make_step(
-                            module, x, grad, backward=direction != "forward", whole=name == "whole"
-                        )
+                        steps[name] = make_step(module, x, grad, backward=direction != "forward", whole=name == "whole")
                     stats = time_interleaved(steps, warmup=args.warmup, steps=args.steps, device=device)
                     cells = "  ".join(f"{n} {s.median * 1e3:7.1f} ({s.min * 1e3:6.1f})" for n, s in stats.items())
                     speedup = stats["torch"].median / stats["ours"].median
