@@ -103,7 +103,7 @@ def main() -> None:
         "ours": ours,
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
-          "median ms (min); speed-up = torch median / ours median")  # fmt: skip
+          "median ms (min); xN = torch median / ours median, chunks xN = whole median / ours median")  # fmt: skip
     for precision in args.precision.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         for layer, shape in SHAPES.items():
@@ -123,7 +123,12 @@ def main() -> None:
                     stats = time_interleaved(steps, warmup=args.warmup, steps=args.steps, device=device)
                     cells = "  ".join(f"{n} {s.median * 1e3:7.1f} ({s.min * 1e3:6.1f})" for n, s in stats.items())
                     speedup = stats["torch"].median / stats["ours"].median
-                    print(f"{precision} {layer} {layout:13s} {direction:16s} {cells}  x{speedup:.2f}", flush=True)
+                    chunking = stats["whole"].median / stats["ours"].median
+                    print(
+                        f"{precision} {layer} {layout:13s} {direction:16s} {cells}  x{speedup:.2f} "
+                        f"(chunks x{chunking:.2f})",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":
