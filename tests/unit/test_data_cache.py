@@ -202,3 +202,22 @@ def test_always_refuses_a_model_that_resizes_nothing(tmp_path):
     with pytest.raises(UsageError, match=r"data.cache=always: the model's preprocessing resizes nothing"):
         make_loader(dataset, preprocessing=lenet, train=True, batch_size=4, cache="always")
     assert isinstance(make_loader(dataset, preprocessing=lenet, train=True, batch_size=4, cache="auto"), Loader)
+
+
+def test_prepare_cache_builds_what_training_on_the_prepared_folder_reads(tmp_path, monkeypatch, capsys):
+    flat = tmp_path / "download"
+    for i in range(6):
+        photo(flat / f"cat.{i}.jpg", seed=i)
+        photo(flat / f"dog.{i}.jpg", seed=50 + i, size=(30, 50))
+    dst = tmp_path / "prepared"
+    assert main(["prepare", str(flat), str(dst), "--by-prefix", "--split", "0.5,0.5", "--cache", "--cache-size",
+                 str(S), "--quiet"]) == 0  # fmt: skip
+    assert f"decode cache of {dst}: 12 images at 24x24" in capsys.readouterr().out
+    decoded = counting_decodes(monkeypatch)
+    for split in ("train", "val"):  # both splits read the one cache of the prepared folder, nothing decoded
+        loader = make_loader(open_dataset(dst / split), preprocessing=PRE, train=split == "train", batch_size=4,
+                             cache="always")  # fmt: skip
+        assert isinstance(loader, CachedLoader) and len(torch.cat([y for _, y in loader])) == 6
+    assert decoded == []
+    assert main(["prepare", str(flat)]) == 2
+    assert "prepare needs SRC and DST (or one folder with --cache)" in capsys.readouterr().err
