@@ -13,7 +13,7 @@ re-encodes the same photos at 4x (720x720, closer to real photos) where it can. 
 Two more tables per scenario (issue 12, the data path that leaves the cores to the model):
 - JPEG decoders, one thread, file -> 256x256 uint8 square (short side resized to 256 by Pillow's bilinear for
   all, then the centre crop, so the columns differ only by the decoder): Pillow with draft (what the package
-  uses, cache.decode_row), Pillow without draft, simplejpeg with DCT scaling (`min_height/min_width`), OpenCV with
+  uses, cache_build.decode_row), Pillow without draft, simplejpeg with DCT scaling (`min_height/min_width`), OpenCV with
   IMREAD_REDUCED_COLOR_2/4 (the largest reduction that keeps the short side >= 256). simplejpeg and OpenCV are
   not dependencies: a decoder that is not installed is skipped with a line saying so.
 - The decode cache: build rate (images/s, in this process and in --workers processes) and cached-batch rate
@@ -36,7 +36,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classicnets.data import make_loader  # noqa: E402
-from classicnets.data.cache import CacheSpec, DecodeCache, decode_row  # noqa: E402
+from classicnets.data.cache import CacheSpec, DecodeCache  # noqa: E402
+from classicnets.data.cache_build import decode_row  # noqa: E402
 from classicnets.data.datasets import FileDataset  # noqa: E402
 from classicnets.data.loaders import _GuardedSamples  # noqa: E402
 from classicnets.data.transforms import ImageTransform  # noqa: E402
@@ -145,7 +146,7 @@ def pillow_no_draft(path: str) -> np.ndarray:
 def decoder_variants() -> tuple[list[tuple[str, object]], list[str]]:
     """(label, path -> 256x256x3 uint8) for each decoder that is installed; and a line per one that is not."""
     variants: list[tuple[str, object]] = [
-        ("Pillow + draft (classicnets: cache.decode_row)", lambda p: decode_row(p, SQUARE)),
+        ("Pillow + draft (classicnets: cache_build.decode_row)", lambda p: decode_row(p, SQUARE)),
         ("Pillow without draft", pillow_no_draft),
     ]
     skipped = []

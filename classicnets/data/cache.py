@@ -34,22 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
 
 from classicnets import choices
-from classicnets.data.decode import TOO_LARGE, BadImageError, decode_image
+from classicnets.data.cache_build import Builder, disk_cost, human_size
 from classicnets.data.folders import find_split_dirs, list_class_folders
-from classicnets.data.transforms import RESAMPLE, center_crop, check_resize, resize_short_side, short_side_size
 from classicnets.errors import DataError, WriteError, first_line
-from classicnets.fileio import atomic_write_text, cache_dir
+from classicnets.fileio import cache_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT = "classicnets-decode-cache"
 VERSION = 1
-# Rows decoded between two commits of the index during a build: an interrupted build keeps all but the last
-# few hundred images (1,024 rows of 256 x 256 x 3 are 192 MiB).
-COMMIT_EVERY = 1024
 
 
 class CacheTooLarge(DataError):
@@ -90,21 +85,6 @@ def data_root(dataset: Any) -> Path:
     if source.name in choices.SPLIT_NAMES and find_split_dirs(source.parent):
         return source.parent
     return source
-
-
-def disk_cost(images: int, size: int, channels: int = 3) -> int:
-    """Bytes the rows of `images` images take: S x S x C each (256 x 256 x 3 = 196,608 bytes = 192 KiB)."""
-    return images * size * size * channels
-
-
-def decode_row(path: str | os.PathLike, size: int, mode: str = "RGB", interpolation: str = "bilinear") -> np.ndarray:
-    """One cache row: the image decoded, its short side resized to `size`, the central size x size square as an
-    H x W x C uint8 array. Raises BadImageError, or MemoryError for a strip too long to resize (TOO_LARGE)."""
-    img = decode_image(path, mode=mode, draft_short_side=size)
-    check_resize(img.width, img.height, short_side_size(img.width, img.height, size))
-    img = center_crop(resize_short_side(img, size, RESAMPLE[interpolation]), (size, size))
-    a = np.asarray(img)
-    return a[:, :, None] if a.ndim == 2 else a
 
 
 @dataclass
@@ -158,7 +138,7 @@ class DecodeCache:
             match = self._match(paths, index)
             if match.missing:
                 self._check_space(len(match.missing))
-                _Builder(self, index, match, paths).run(workers, progress, multiprocessing_context)
+                Builder(self, index, match, paths).run(workers, progress, multiprocessing_context)
             return self._view(index, match)
 
     # --- the index ------------------------------------------------------------------------------------------------
@@ -254,8 +234,8 @@ class DecodeCache:
         free = shutil.disk_usage(self.folder).free
         if needed > free:
             raise CacheTooLarge(
-                f"the decode cache needs {_size(needed)} for {images:,} images ({s.size}x{s.size}x{s.channels} "
-                f"bytes each) but {self.folder} has {_size(free)} free; free some space, point CLASSICNETS_CACHE "
+                f"the decode cache needs {human_size(needed)} for {images:,} images ({s.size}x{s.size}x{s.channels} "
+                f"bytes each) but {self.folder} has {human_size(free)} free; free some space, point CLASSICNETS_CACHE "
                 "at a larger disk, or train with data.cache=never"
             )
 
@@ -290,87 +270,6 @@ def build_folder_cache(
     return cache, paths, cache.build(paths, workers=workers, progress=progress)
 
 
-class _Builder:
-    """One build: decode the missing files, append their rows, commit the index every COMMIT_EVERY rows."""
-
-    def __init__(self, cache: DecodeCache, index: dict[str, Any], match: _Match, paths: Sequence[str]) -> None:
-        self.cache, self.index, self.match = cache, index, match
-        self.keys = list(match.missing)
-        self.paths = [paths[match.missing[k][0]] for k in self.keys]
-
-    def run(self, workers: int, progress: bool, multiprocessing_context: str | None) -> None:
-        from tqdm import tqdm
-
-        c = self.cache
-        log.info("decode cache: decoding %d images into %s (%s)", len(self.keys), c.folder,
-                 _size(disk_cost(len(self.keys), c.spec.size, c.spec.channels)))  # fmt: skip
-        job = _DecodeJob(self.paths, c.spec)
-        loader = DataLoader(job, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                            multiprocessing_context=multiprocessing_context if workers else None)  # fmt: skip
-        try:
-            with open(c.data_path, "ab+") as f:
-                f.truncate(self.index["rows"] * c.spec.row_bytes)  # rows a killed build wrote but never committed
-                f.seek(0, os.SEEK_END)
-                for done, (j, row, code, detail) in enumerate(tqdm(loader, total=len(job), unit="img",
-                                                                   disable=not progress, desc="decode cache"), 1):
-                    self._add(f, j, row, code, detail)
-                    if done % COMMIT_EVERY == 0:
-                        self._commit(f)
-                self._commit(f)
-        except OSError as e:
-            raise WriteError(f"cannot write the decode cache {c.data_path}: {e.strerror or e}") from e
-        if self.index["bad"]:
-            log.warning("decode cache: %d files could not be decoded (first: %s); `classicnets scan` lists them",
-                        len(self.index["bad"]), next(iter(self.index["bad"])))  # fmt: skip
-
-    def _add(self, f, j: int, row: np.ndarray | None, code: str | None, detail: str | None) -> None:
-        key = self.keys[j]
-        samples = self.match.missing[key]
-        stat = self.match.stats[samples[0]]
-        if row is None:
-            if stat is not None:  # a file that is not there has no size or time to key it on: tried again next time
-                self.index["bad"][key] = [*stat, code, detail]
-            for i in samples:
-                self.match.bad[i] = (str(code), str(detail))
-            return
-        f.write(np.ascontiguousarray(row).tobytes())
-        number = self.index["rows"]
-        self.index["rows"] = number + 1
-        self.index["files"][key] = [*stat, number] if stat is not None else None
-        self.index["bad"].pop(key, None)
-        self.match.rows[samples] = number
-
-    def _commit(self, f) -> None:
-        f.flush()
-        os.fsync(f.fileno())
-        index = dict(self.index, files={k: v for k, v in self.index["files"].items() if v is not None})
-        atomic_write_text(self.cache.index_path, json.dumps(index, separators=(",", ":")))
-
-
-class _DecodeJob(Dataset):
-    """Worker side of a build: (position, row or None, reason code, detail) per file. Picklable (paths and the spec)."""
-
-    def __init__(self, paths: Sequence[str], spec: CacheSpec) -> None:
-        self.paths, self.spec = list(paths), spec
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, j: int) -> tuple[int, np.ndarray | None, str | None, str | None]:
-        s = self.spec
-        try:
-            return j, decode_row(self.paths[j], s.size, s.mode, s.interpolation), None, None
-        except BadImageError as e:
-            return j, None, e.code, e.detail
-        except MemoryError as e:  # a strip too long to resize (transforms.ResizeTooLarge), or memory running out
-            return j, None, TOO_LARGE, first_line(e)
-
-
-def _as_is(item: Any) -> Any:
-    """The DataLoader's collate function for one item: keep the numpy row (the default would make it a tensor)."""
-    return item
-
-
 def _stat(path: str) -> tuple[int, int] | None:
     """(size, modification time in ns): what tells a changed file from the one that was decoded."""
     try:
@@ -378,10 +277,3 @@ def _stat(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n / 2**10:.1f} KiB"

@@ -16,7 +16,7 @@ from filelock import FileLock
 from PIL import Image
 
 from classicnets.cli import main
-from classicnets.data import CachedLoader, Loader, make_loader, open_dataset
+from classicnets.data import CachedLoader, Loader, cache_build, make_loader, open_dataset
 from classicnets.data import cache as cache_module
 from classicnets.data.cache import CacheSpec, CacheTooLarge, DecodeCache, folder_images
 from classicnets.data.decode import decode_image
@@ -58,13 +58,13 @@ def build(root: Path, **kwargs):
 
 def counting_decodes(monkeypatch) -> list[str]:
     decoded: list[str] = []
-    original = cache_module.decode_row
+    original = cache_build.decode_row
 
     def counted(path, *args):
         decoded.append(Path(path).name)
         return original(path, *args)
 
-    monkeypatch.setattr(cache_module, "decode_row", counted)
+    monkeypatch.setattr(cache_build, "decode_row", counted)
     return decoded
 
 
