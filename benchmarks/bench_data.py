@@ -9,6 +9,15 @@ crop 227x227 (AlexNet's paper recipe), and hand over a uint8 array. The baseline
 tensor). The sample's photos are 180x180, smaller than 256, so JPEG draft cannot help there; the second scenario
 re-encodes the same photos at 4x (720x720, closer to real photos) where it can. Each figure is the median of
 `--repeats` passes; the machine's load average is printed because timings on shared machines are noisy.
+
+Two more tables per scenario (issue 12, the data path that leaves the cores to the model):
+- JPEG decoders, one thread, file -> 256x256 uint8 square (short side resized to 256 by Pillow's bilinear for
+  all, then the centre crop, so the columns differ only by the decoder): Pillow with draft (what the package
+  uses, cache_build.decode_row), Pillow without draft, simplejpeg with DCT scaling (`min_height/min_width`), OpenCV with
+  IMREAD_REDUCED_COLOR_2/4 (the largest reduction that keeps the short side >= 256). simplejpeg and OpenCV are
+  not dependencies: a decoder that is not installed is skipped with a line saying so.
+- The decode cache: build rate (images/s, in this process and in --workers processes) and cached-batch rate
+  (CachedLoader, batches of 64 random 227 crops + flips gathered from the memory-mapped rows, one process).
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classicnets.data import make_loader  # noqa: E402
+from classicnets.data.cache import CacheSpec, DecodeCache  # noqa: E402
+from classicnets.data.cache_build import decode_row  # noqa: E402
 from classicnets.data.datasets import FileDataset  # noqa: E402
 from classicnets.data.loaders import _GuardedSamples  # noqa: E402
 from classicnets.data.transforms import ImageTransform  # noqa: E402
@@ -115,6 +126,92 @@ def scenario(name: str, paths: list[str], args, pre) -> list[tuple[str, float]]:
     return rows
 
 
+SQUARE = 256  # the decode cache's row size for the paper's recipes
+
+
+def to_square(img: Image.Image, size: int = SQUARE) -> np.ndarray:
+    """Short side to `size` (Pillow bilinear), central size x size: the same finish for every decoder."""
+    w, h = img.size
+    img = img.resize((size, max(size, int(size * h / w))) if w <= h else (max(size, int(size * w / h)), size),
+                     Image.Resampling.BILINEAR)  # fmt: skip
+    top, left = (img.height - size) // 2, (img.width - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def pillow_no_draft(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        return to_square(img.convert("RGB"))
+
+
+def decoder_variants() -> tuple[list[tuple[str, object]], list[str]]:
+    """(label, path -> 256x256x3 uint8) for each decoder that is installed; and a line per one that is not."""
+    variants: list[tuple[str, object]] = [
+        ("Pillow + draft (classicnets: cache_build.decode_row)", lambda p: decode_row(p, SQUARE)),
+        ("Pillow without draft", pillow_no_draft),
+    ]
+    skipped = []
+    try:
+        import simplejpeg
+    except ImportError:
+        skipped.append("simplejpeg: not installed (pip install simplejpeg)")
+    else:
+
+        def simple(path: str) -> np.ndarray:
+            with open(path, "rb") as f:  # DCT scaling: the smallest 1/2, 1/4, 1/8 scale at least this large
+                a = simplejpeg.decode_jpeg(f.read(), colorspace="RGB", min_height=SQUARE, min_width=SQUARE)
+            return to_square(Image.fromarray(a))
+
+        variants.append(("simplejpeg (libjpeg-turbo) + DCT scaling", simple))
+    try:
+        import cv2
+    except ImportError:
+        skipped.append("OpenCV: not installed (pip install opencv-python-headless)")
+    else:
+        cv2.setNumThreads(1)
+
+        def opencv(path: str) -> np.ndarray:
+            with Image.open(path) as img:  # header only: the largest reduction that keeps the short side >= 256
+                short = min(img.size)
+            flag = (cv2.IMREAD_REDUCED_COLOR_4 if short // 4 >= SQUARE else
+                    cv2.IMREAD_REDUCED_COLOR_2 if short // 2 >= SQUARE else cv2.IMREAD_COLOR)  # fmt: skip
+            bgr = cv2.imread(path, flag)
+            return to_square(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+
+        variants.append(("OpenCV imread + IMREAD_REDUCED_COLOR_2/4", opencv))
+    return variants, skipped
+
+
+def decoders(name: str, paths: list[str], args) -> None:
+    variants, skipped = decoder_variants()
+    runs = [(label, lambda fn=fn: [fn(p) for p in paths]) for label, fn in variants]
+    seconds = timed_round_robin(runs, args.repeats)
+    print(f"\n{name}: JPEG decoders, one thread, file -> {SQUARE}x{SQUARE} square")
+    base = len(paths) / seconds[0][0]
+    for (label, _), (wall, _) in zip(variants, seconds, strict=True):
+        print(f"  {label:<66} {len(paths) / wall:9.0f} {len(paths) / wall / base:7.2f}x")
+    for line in skipped:
+        print(f"  skipped {line}")
+
+
+def cache_rates(name: str, paths: list[str], args, pre) -> None:
+    """Build rate of the decode cache and batch rate of the loader over it, in a temporary cache folder."""
+    ds = FileDataset([(p, 0) for p in paths], ["x"], source=str(Path(paths[0]).parent))
+    print(f"\n{name}: decode cache at {pre.resize_size}x{pre.resize_size}")
+    for workers in sorted({0, *args.workers}):
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["CLASSICNETS_CACHE"] = tmp
+            cache = DecodeCache(CacheSpec(Path(paths[0]).parent, pre.resize_size))
+            t = time.perf_counter()
+            cache.build(paths, workers=workers)
+            rate = len(paths) / (time.perf_counter() - t)
+            print(f"  {f'build, {workers} worker processes':<66} {rate:9.0f} images/s (one pass, no warm-up)")
+            if workers == 0:
+                loader = make_loader(ds, preprocessing=pre, train=True, batch_size=64, cache="always")
+                wall, cpu = timed_round_robin([("batches", lambda l=loader: list(l))], args.repeats)[0]
+                print(f"  {'CachedLoader, batches of 64, random crop + flip, no workers':<66} {len(paths) / wall:9.0f} "
+                      f"images/s ({1000 * cpu / len(paths):.2f} CPU ms/img)")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of JPEGs (default: the shared sample)")
@@ -130,9 +227,12 @@ def main() -> int:
     pre = get_model_info(args.model).preprocessing
     print(f"load average before: {os.getloadavg()}; cpus: {os.cpu_count()}; preprocessing: resize "
           f"{pre.resize_size}, crop {pre.input_size[1]}")  # fmt: skip
-    scenario(f"{args.data.name} as is", paths, args, pre)
-    with tempfile.TemporaryDirectory() as tmp:
-        scenario(f"{args.data.name} re-encoded at 4x", upscaled_copy(paths, Path(tmp), 4), args, pre)
+    for name, files in [(f"{args.data.name} as is", paths), (f"{args.data.name} re-encoded at 4x", None)]:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = files or upscaled_copy(paths, Path(tmp), 4)
+            scenario(name, files, args, pre)
+            decoders(name, files, args)
+            cache_rates(name, files, args, pre)
     print(f"load average after: {os.getloadavg()}")
     return 0
 

@@ -11,6 +11,9 @@ SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
 # pad_crop for CIFAR, none for digits and clothes), the paper's crops and flips, random-resized crops, CIFAR's
 # pad-4 random crops and flips, or none (digits, where a mirrored 2 is not a 2).
 AUGMENTATIONS = ("auto", "paper", "modern", "pad_crop", "none")
+# The decode cache of image folders (classicnets.data.cache): auto (use it when the data and model suit it and it
+# fits on the disk), always (or stop with the reason), never (decode every image every epoch).
+DATA_CACHE = ("auto", "always", "never")
 # CIFAR-100's two label sets: 100 fine classes or 20 coarse superclasses (Keras' cifar100.load_data(label_mode=)).
 LABEL_MODES = ("fine", "coarse")
 # Numeric precision of a run (classicnets.runtime.resolve_precision); "auto" picks per device.

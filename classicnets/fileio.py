@@ -148,6 +148,20 @@ def _is_orphan(entry: os.DirEntry, names: Collection[str]) -> bool:
     return match is not None and match["name"] in names and entry.is_file(follow_symlinks=False)
 
 
+def cache_dir() -> Path:
+    """Where classicnets keeps what it can rebuild (decoded images): $CLASSICNETS_CACHE, else
+    $CLASSICNETS_HOME/decoded, else $XDG_CACHE_HOME/classicnets/decoded, else ~/.cache/classicnets/decoded (the XDG
+    base-directory rule, as for downloaded weights)."""
+    explicit = os.environ.get("CLASSICNETS_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("CLASSICNETS_HOME")
+    if home:
+        return Path(home).expanduser() / "decoded"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "classicnets" / "decoded"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)

@@ -35,3 +35,15 @@ def apply_fast_cpu_env() -> dict[str, str]:
 def fast_cpu_env_status() -> dict[str, str | None]:
     """The values in effect for this process (what a benchmark report records)."""
     return {k: os.environ.get(k) for k in FAST_CPU_ENV}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def cores_per_process() -> int:
+    """usable_cores() shared among the training processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -14,6 +14,8 @@ and training runs end to end on real data).
 - `quick_fit(data, out, **flags)`: a short LeNet-5 run (the lenet5_digits recipe, 2 epochs, CPU, fp32, one thread).
 - `assert_same_run(a, b)`: two run folders' last.pt hold bit-identical weights, optimiser state and metrics.
 - `finishes(function, seconds)`: function() run in a thread, failing the test if it hangs (a FIFO read, say).
+- Decode caches (classicnets.data.cache) go to a temporary folder for the whole session (CLASSICNETS_CACHE), never
+  to the user's ~/.cache.
 - `memory_cap(extra_bytes)`: a context that lets this process map at most `extra_bytes` more memory, so code that
   would allocate gigabytes raises MemoryError instead of swapping the shared test machine.
 """
@@ -24,6 +26,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import os
 import resource
 import struct
 import tarfile
@@ -40,6 +43,19 @@ from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def decode_cache_in_a_temporary_folder(tmp_path_factory) -> Iterator[Path]:
+    """CLASSICNETS_CACHE for the session: the decode caches that training runs build land in a temporary folder."""
+    folder = tmp_path_factory.mktemp("decode-cache")
+    before = os.environ.get("CLASSICNETS_CACHE")
+    os.environ["CLASSICNETS_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("CLASSICNETS_CACHE", None)
+    else:
+        os.environ["CLASSICNETS_CACHE"] = before
 
 
 def _shared_data(*parts: str) -> Path:

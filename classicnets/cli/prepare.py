@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "(DST/prepare.json).",
     )
     p.add_argument("src", metavar="SRC", help="a flat folder of images, or a folder with one sub-folder per class")
-    p.add_argument("dst", metavar="DST", help="output folder (created; existing files are never overwritten)")
+    p.add_argument("dst", metavar="DST", nargs="?",
+                   help="output folder (created; existing files are never overwritten); omit it with --cache to "
+                   "cache SRC as it is")  # fmt: skip
     p.add_argument("--by-prefix", action="store_true", help="class = file name without its trailing number")
     p.add_argument("--split", metavar="FRACTIONS", help="train,val[,test] fractions adding up to 1, e.g. 0.8,0.1,0.1")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -29,6 +31,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     mode.add_argument("--move", dest="mode", action="store_const", const="move", help="move files out of SRC")
     p.add_argument("--dry-run", action="store_true", help="print the table and what would happen; write nothing")
     p.add_argument("--pca", action="store_true", help="also write DST/pca.json: RGB eigen-decomposition of train")
+    p.add_argument("--cache", action="store_true",
+                   help="also decode every image of DST once into the decode cache training reads (docs/data.md)")
+    p.add_argument("--cache-size", type=int, default=256, metavar="S",
+                   help="the models' resize size the cache is for (default 256: S x S x 3 bytes per image)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="--cache: decode in N processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_prepare, mode="copy")
 
@@ -44,6 +51,30 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.cache_size < 1:
+        raise UsageError("--workers must be >= 0 and --cache-size at least 1")
+    if args.dst is None:
+        if not args.cache:
+            raise UsageError("prepare needs SRC and DST (or one folder with --cache)")
+        return run_cache(args, args.src)
+    code = run_sort(args)
+    return run_cache(args, args.dst) if args.cache and not args.dry_run else code
+
+
+def run_cache(args: argparse.Namespace, folder: str) -> int:
+    from classicnets.data.cache import build_folder_cache
+
+    cache, paths, rows = build_folder_cache(folder, size=args.cache_size, workers=args.workers,
+                                            progress=not args.quiet and sys.stderr.isatty())  # fmt: skip
+    size = cache.data_path.stat().st_size if rows.images.shape[0] else 0
+    print(f"decode cache of {folder}: {len(rows.rows) - len(rows.bad)} images at {args.cache_size}x{args.cache_size} "
+          f"in {cache.folder} ({size / 2**20:.1f} MiB), {len(rows.bad)} could not be decoded")  # fmt: skip
+    for index in sorted(rows.bad)[:10]:
+        print(f"  not decoded: {cache.key(paths[index])} ({rows.bad[index][0]})")
+    return 0
+
+
+def run_sort(args: argparse.Namespace) -> int:
     from classicnets.data.prepare import format_counts, prepare_dataset
 
     split = parse_fractions(args.split) if args.split else None

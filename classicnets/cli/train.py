@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from classicnets.choices import LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
+from classicnets.choices import DATA_CACHE, LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 # Flags not given stay out of args (default=SUPPRESS), so the recipe's values stand (classicnets.config.loading).
 KEEP = argparse.SUPPRESS
@@ -67,6 +67,8 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--device", default=KEEP, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     g.add_argument("--precision", choices=PRECISIONS, default=KEEP, help="auto: bf16 where the hardware has it")
     g.add_argument("--workers", type=int, default=KEEP, help="data-loading processes")
+    g.add_argument("--cache", choices=DATA_CACHE, default=KEEP,
+                   help="decode image files once into the decode cache (default auto; docs/data.md)")  # fmt: skip
     g.add_argument("--compile", action="store_true", default=KEEP, help="torch.compile the model")
     g.add_argument("--threads", type=int, default=KEEP, help="CPU threads (default: one per core)")
     g.add_argument(

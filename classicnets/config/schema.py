@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from classicnets.choices import AUGMENTATIONS, LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
+from classicnets.choices import AUGMENTATIONS, DATA_CACHE, LABEL_MODES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from classicnets.errors import UsageError
 
 
@@ -39,7 +39,10 @@ class DataConfig:
     augment: str = "auto"
     label_mode: str = "fine"  # CIFAR-100: fine (100 classes) or coarse (20 superclasses)
     pca_std: float = 0.0  # std of the paper's PCA colour noise (0.1 in the paper; 0 = off)
-    workers: int | None = None  # data-loading processes; None: min(4, CPU count)
+    workers: int | None = None  # data-loading processes; None: min(4, CPU count) on a GPU, half the cores on a CPU
+    # auto | always | never: decode each image file once into the decode cache (docs/data.md), then crop and flip
+    # whole batches in the training process; auto uses it when the model resizes (resize_size) and it fits on disk
+    cache: str = "auto"
     max_bad_fraction: float = 0.01  # more unreadable images than this fraction stops the run
     allow_empty: bool = False  # an empty class folder is kept as a class with no images instead of an error
 
@@ -120,6 +123,7 @@ FLAG_KEYS = {
     "allow_empty": "data.allow_empty",
     "label_mode": "data.label_mode",
     "workers": "data.workers",
+    "cache": "data.cache",
     "optimizer": "optim.name",
     "lr": "optim.lr",
     "schedule": "schedule.name",
@@ -195,6 +199,7 @@ def _data_checks(c: Config) -> list[tuple[str, bool, str]]:
         ("data.val_fraction", 0 < d.val_fraction < 1, "between 0 and 1"),
         ("data.pca_std", _non_negative(d.pca_std), "zero or positive"),
         ("data.workers", d.workers is None or d.workers >= 0, "zero or positive"),
+        ("data.cache", d.cache in DATA_CACHE, f"one of {', '.join(DATA_CACHE)}"),
         ("data.max_bad_fraction", 0 <= d.max_bad_fraction <= 1, "between 0 and 1"),
     ]
 

@@ -2,6 +2,8 @@
 (docs/data.md)."""
 
 from classicnets.data.batch_transforms import IMAGENET_EIGVAL, IMAGENET_EIGVEC, PAPER_PCA_STD, BatchTransform, lighting
+from classicnets.data.cache import CacheSpec, DecodeCache, data_root
+from classicnets.data.cached_loader import CachedLoader
 from classicnets.data.datasets import FileDataset, ImageDataset, InMemoryDataset, pil_to_tensor
 from classicnets.data.decode import IMAGE_EXTENSIONS, REASONS, BadImageError, decode_image, is_image_file
 from classicnets.data.folders import find_split_dirs, list_class_folders, stratified_split
@@ -16,5 +18,6 @@ __all__ = [
     "FileDataset", "ImageDataset", "InMemoryDataset", "pil_to_tensor",
     "IMAGE_EXTENSIONS", "REASONS", "BadImageError", "decode_image", "is_image_file",
     "find_split_dirs", "list_class_folders", "open_dataset", "open_splits", "source_splits", "stratified_split",
+    "CacheSpec", "DecodeCache", "data_root", "CachedLoader",
     "FASHION_MNIST_CLASSES", "open_idx", "read_idx", "Loader", "make_loader", "pca_from_dataset", "ImageTransform",
 ]  # fmt: skip

@@ -13,6 +13,7 @@ import torch
 from classicnets.data import batch_transforms as bt
 from classicnets.data.datasets import InMemoryDataset
 from classicnets.data.epoch_loader import EpochLoaderBase
+from classicnets.data.transforms import ImageTransform
 from classicnets.rng import mix_seed
 
 # ITU-R BT.601 luma weights, what PIL's convert("L") uses, for colour sets fed to a 1-channel model.
@@ -40,22 +41,7 @@ class DeviceLoader(EpochLoaderBase):
             self.batch_indices = index.tolist()
             index = index.to(self.device)
             x = self._channels(self.images[index], 1 if t.mode == "L" else 3)
-            yield self._geometry(x, generator), self.labels[index]
-
-    def _geometry(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The transform's crops and flips, on the whole batch (transforms.ImageTransform describes the recipes)."""
-        t = self.transform
-        if t.recipe == "modern":
-            return bt.random_flip_batch(bt.random_resized_crop_batch(x, t.size, generator), generator)
-        if t.resize_size:
-            x = bt.resize_short_side_batch(x, t.resize_size, t.interpolation)
-        if t.recipe == "paper":
-            return bt.random_flip_batch(bt.random_crop_batch(x, t.size, generator), generator)
-        if t.recipe == "pad_crop":
-            return bt.random_flip_batch(bt.random_pad_crop_batch(x, t.size, t.pad, generator), generator)
-        if t.ten_crop:
-            return bt.ten_crop_batch(x, t.size)
-        return bt.center_crop_batch(x, t.size)
+            yield batch_geometry(x, t, generator), self.labels[index]
 
     @staticmethod
     def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -65,3 +51,20 @@ class DeviceLoader(EpochLoaderBase):
             return x.expand(-1, 3, -1, -1).contiguous()
         weights = torch.tensor(_LUMA, device=x.device)[None, :, None, None]
         return (x.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def batch_geometry(x: torch.Tensor, t: ImageTransform, generator: torch.Generator) -> torch.Tensor:
+    """The transform's crops and flips, on the whole uint8 batch (transforms.ImageTransform describes the recipes).
+
+    Shared with cached_loader.CachedLoader, whose rows are already resized (the resize is then a no-op)."""
+    if t.recipe == "modern":
+        return bt.random_flip_batch(bt.random_resized_crop_batch(x, t.size, generator), generator)
+    if t.resize_size:
+        x = bt.resize_short_side_batch(x, t.resize_size, t.interpolation)
+    if t.recipe == "paper":
+        return bt.random_flip_batch(bt.random_crop_batch(x, t.size, generator), generator)
+    if t.recipe == "pad_crop":
+        return bt.random_flip_batch(bt.random_pad_crop_batch(x, t.size, t.pad, generator), generator)
+    if t.ten_crop:
+        return bt.ten_crop_batch(x, t.size)
+    return bt.center_crop_batch(x, t.size)

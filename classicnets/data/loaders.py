@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from classicnets.choices import DATA_CACHE
+from classicnets.data.cached_loader import CachedLoader, cached_rows
 from classicnets.data.datasets import ImageDataset, InMemoryDataset
 from classicnets.data.decode import TOO_LARGE, BadImageError
 from classicnets.data.device_loader import DeviceLoader
-from classicnets.data.epoch_loader import EpochLoaderBase
+from classicnets.data.epoch_loader import EpochLoaderBase, GuardedLoaderBase
 from classicnets.data.transforms import ImageTransform
 from classicnets.errors import DataError, UsageError, first_line
 from classicnets.models.preprocessing import Preprocessing
@@ -54,6 +56,8 @@ def make_loader(
     device: str | torch.device = "cpu",
     multiprocessing_context: str | None = None,
     empty_batches: bool = False,
+    cache: str = "never",
+    build_cache: bool = True,
 ) -> EpochLoaderBase:
     """A loader yielding (uint8 images N x C x H x W on `device`, int64 labels), see docs/data.md.
 
@@ -63,6 +67,9 @@ def make_loader(
     crops/flips there (no workers, no decoding); file datasets use DataLoader workers, started with
     `multiprocessing_context` ("fork", "spawn", "forkserver"; default: the platform's). `empty_batches`: a batch
     whose every file failed is yielded with 0 images instead of being left out (training under torchrun).
+    `cache` (choices.DATA_CACHE, default never): read image files from the decode cache (cache.py), building what
+    it lacks with `workers` processes unless `build_cache` is False (then only a cache holding every file is used);
+    a cached loader starts no workers (cached_loader.CachedLoader).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -82,22 +89,24 @@ def make_loader(
                    device=torch.device(device))  # fmt: skip
     if isinstance(dataset, InMemoryDataset):
         return DeviceLoader(dataset, transform=transform, **options)
-    return Loader(dataset, transform=transform, workers=workers, max_bad_fraction=max_bad_fraction,
-                  max_bad_in_row=max_bad_in_row, multiprocessing_context=multiprocessing_context,
-                  empty_batches=empty_batches, **options)  # fmt: skip
+    guard = dict(max_bad_fraction=max_bad_fraction, max_bad_in_row=max_bad_in_row, empty_batches=empty_batches)
+    if cache not in DATA_CACHE:
+        raise UsageError(f"unknown cache mode {cache!r}; use one of {', '.join(DATA_CACHE)}")
+    rows = cached_rows(dataset, transform, cache=cache, build=build_cache, workers=workers,
+                       multiprocessing_context=multiprocessing_context)  # fmt: skip
+    if rows is not None:
+        return CachedLoader(dataset, cached=rows, transform=transform, **guard, **options)
+    return Loader(dataset, transform=transform, workers=workers, multiprocessing_context=multiprocessing_context,
+                  **guard, **options)  # fmt: skip
 
 
-class Loader(EpochLoaderBase):
+class Loader(GuardedLoaderBase):
     """Image files through DataLoader workers, with the bad-file guard. See make_loader."""
 
-    def __init__(self, dataset, *, transform, workers, max_bad_fraction, max_bad_in_row, multiprocessing_context=None,
-                 empty_batches=False, **options):  # fmt: skip
+    def __init__(self, dataset, *, transform, workers, multiprocessing_context=None, **options):
         super().__init__(dataset, transform=transform, **options)
-        self.empty_batches = empty_batches
         self.workers = workers
         self.multiprocessing_context = multiprocessing_context
-        self.max_bad_fraction = max_bad_fraction
-        self.max_bad_in_row = max_bad_in_row
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.bad_files = []
@@ -118,12 +127,8 @@ class Loader(EpochLoaderBase):
             oks = [index is None for index, _, _ in failures]
             for index, code, detail in failures:
                 in_row = in_row + 1 if index is not None else 0
-                if index is None:
-                    continue
-                where = self.dataset.describe(index)
-                self.bad_files.append((where, code))
-                log.warning("skipped %s: %s (%s)", where, code, detail)
-                self._check_limits(in_row, total, where)
+                if index is not None:
+                    self._skip_bad(index, code, detail, in_row, total)
             if images is None:
                 if not self.empty_batches:
                     continue
@@ -131,28 +136,7 @@ class Loader(EpochLoaderBase):
             self.batch_indices = [i for i, ok in zip(sample_indices, oks, strict=True) if ok]
             non_blocking = self.device.type == "cuda"
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
-        if self.bad_files:
-            log.warning("%d of %d files could not be read this epoch and were skipped; `classicnets scan` lists "
-                        "them all", len(self.bad_files), total)  # fmt: skip
-
-    def _no_images(self) -> torch.Tensor:
-        """A batch of 0 images of the transform's shape."""
-        t = self.transform
-        return torch.empty((0, *((10,) if t.ten_crop else ()), 1 if t.mode == "L" else 3, *t.size), dtype=torch.uint8)
-
-    def _check_limits(self, in_row: int, total: int, where: str) -> None:
-        bad = len(self.bad_files)
-        if in_row >= self.max_bad_in_row:
-            raise DataError(
-                f"{in_row} files in a row could not be read (last: {where}); is the data path right? "
-                f"run `classicnets scan` on the folder (limit: max_bad_in_row={self.max_bad_in_row})"
-            )
-        if bad > self.max_bad_fraction * total:
-            raise DataError(
-                f"{bad} of {total} files could not be read, more than {self.max_bad_fraction:.1%} "
-                f"(last: {where}); run `classicnets scan` on the folder and fix or remove them "
-                f"(or raise max_bad_fraction)"
-            )
+        self._report_bad(total)
 
 
 class _GuardedSamples(Dataset):

@@ -250,9 +250,10 @@ def evaluate(
     from classicnets.data import BatchTransform, make_loader
 
     net = prepare_model(model, dev)
-    loader = make_loader(
-        dataset, preprocessing=pre, train=False, batch_size=batch_size, workers=workers, ten_crop=ten_crop, device=dev
-    )
+    # A decode cache that already holds every image (built by training or `prepare --cache`) is read instead of
+    # decoding; eval never builds one (a single pass gains nothing from it).
+    loader = make_loader(dataset, preprocessing=pre, train=False, batch_size=batch_size, workers=workers,
+                         ten_crop=ten_crop, device=dev, cache="auto", build_cache=False)  # fmt: skip
     transform = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
     passes = evaluate_loader(
         net,

@@ -10,7 +10,6 @@ process 0 picks the run folder for all, and the processes check that they read t
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from classicnets.config import Config, resolve_config
 from classicnets.errors import DataError, UsageError, WeightsError
+from classicnets.process_env import cores_per_process
 from classicnets.rng import seed_everything
 from classicnets.runtime import resolve_device, resolve_precision
 from classicnets.training.distributed import (
@@ -78,9 +78,13 @@ def _join(ctx: DistContext | None, device: torch.device) -> tuple[DistContext, t
     return ctx, context_device(ctx, device)
 
 
-def _default_workers() -> int:
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
-    return min(DEFAULT_MAX_WORKERS, max(1, (os.cpu_count() or 1) // local_processes))
+def _default_workers(device: torch.device) -> int:
+    """Decoding processes per training process. On a GPU the model does not need the cores; on a CPU half of them
+    decode and the model's threads get the rest (Trainer sets train.threads to match), so a 2-core machine runs
+    1 worker and 1 thread instead of 2 workers beside 2 threads fighting for the cores. With the decode cache the
+    workers only build it (cached_loader.build_workers)."""
+    cores = cores_per_process()
+    return min(DEFAULT_MAX_WORKERS, cores if device.type != "cpu" else max(1, cores // 2))
 
 
 def _open_data(ctx: DistContext, cfg: Config, in_chans: int):
@@ -118,7 +122,7 @@ def start_trainer(
     m.name, m.num_classes, m.in_chans = model.model_name, num_classes, in_chans
     m.weights = weights_reference(m.weights, model.model_name) if m.weights else None  # a path, or a known name
     cfg.data.path = str(Path(str(cfg.data.path)).resolve())  # open_training_data refused a missing path
-    cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers()
+    cfg.data.workers = cfg.data.workers if cfg.data.workers is not None else _default_workers(device)
     cfg.train.device, cfg.train.precision = str(device), precision  # "cuda", not this process's "cuda:N"
     name = model.model_name
     folder = decided_by_main(ctx, lambda: choose_run_folder(cfg.train.out, name, restart=restart))  # rank 0 creates it

@@ -80,7 +80,7 @@ class Trainer:
         # the sample order from the run's seed (TrainSampler), the same on every process.
         self.random_seed = rank_seed(cfg.train.seed, ctx)
         common: dict[str, Any] = {"preprocessing": pre, "batch_size": cfg.train.batch_size,
-                                  "workers": cfg.data.workers, "device": device}  # fmt: skip
+                                  "workers": cfg.data.workers, "device": device, "cache": cfg.data.cache}  # fmt: skip
         # `samplers` ({"train": ..., "val": ...}): under torchrun a TrainSampler (a DistributedSampler) and an exact
         # evaluation shard (ShardSampler); None in a single process keeps the loaders' own order.
         if samplers is None and ctx.enabled:
@@ -107,6 +107,7 @@ class Trainer:
             seed=cfg.train.seed,
             **common,
         )
+        self._record_data_path()
         self.train_transform = BatchTransform(
             pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=self.random_seed
         )
@@ -121,6 +122,19 @@ class Trainer:
         self.saved_current = resume_from is not None  # last.pt already holds the current state
         # (completed epochs, steps into the next) that last.pt holds; None while the run has no last.pt
         self.saved_at: tuple[int, int] | None = (state.epoch, state.step_in_epoch) if resume_from else None
+
+    def _record_data_path(self) -> None:
+        """Write down what the loaders chose, so config.yaml and a resume reproduce it: data.cache auto becomes
+        always or never; on a CPU without the cache, the model's threads leave the decoding workers their cores."""
+        from classicnets.data import CachedLoader, Loader
+        from classicnets.process_env import cores_per_process
+
+        cfg = self.config
+        if cfg.data.cache == "auto":
+            cfg.data.cache = "always" if isinstance(self.train_loader, CachedLoader) else "never"
+        decoding = isinstance(self.train_loader, Loader) and not isinstance(self.train_loader, CachedLoader)
+        if decoding and cfg.data.workers and cfg.train.threads is None and self.device.type == "cpu":
+            cfg.train.threads = max(1, cores_per_process() - cfg.data.workers)
 
     # --- the loop's building blocks -----------------------------------------------------------------------------
 

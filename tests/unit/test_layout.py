@@ -114,6 +114,7 @@ def subcommand_choices() -> dict[tuple[str, str], tuple[str, ...]]:
         ("train", "--optimizer", choices.OPTIMIZERS),
         ("train", "--schedule", choices.SCHEDULES),
         ("train", "--precision", choices.PRECISIONS),
+        ("train", "--cache", choices.DATA_CACHE),
         ("eval", "--precision", choices.PRECISIONS),
         ("predict", "--precision", choices.PRECISIONS),
         ("bench", "--precision", choices.PRECISIONS),
@@ -140,6 +141,10 @@ def test_the_library_accepts_every_choice_and_refuses_others():
         assert resolve_config(overrides={"schedule": name}).schedule.name == name
     for name in choices.AUGMENTATIONS:
         assert resolve_config(settings=[f"data.augment={name}"]).data.augment == name
+    for name in choices.DATA_CACHE:
+        assert resolve_config(overrides={"cache": name}).data.cache == name
+    with pytest.raises(UsageError, match="data.cache='sometimes'"):
+        resolve_config(settings=["data.cache=sometimes"])
     for name in ("auto", "fp32", "bf16"):  # fp16 is for GPUs
         assert resolve_precision(name, torch.device("cpu")) in choices.PRECISIONS
     with pytest.raises(UsageError, match="optim.name='rmsprop'"):
