@@ -170,7 +170,7 @@ def open_resume(
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise WeightsError(f"{path}: holds no training state ({', '.join(missing)}); resume from a run's last.pt")
-    saved = resolve_config(ckpt["config"])
+    saved = resolve_config(_with_cache_recorded(ckpt["config"]))
     requested = _resumed_config(saved, path, overrides, settings)
     cfg = requested
     device, precision = _runtime(cfg)
@@ -245,6 +245,15 @@ def _last_checkpoint_path(resume: str | Path | bool, overrides: dict[str, Any]) 
     else:
         path = Path(resume)
     return path / "last.pt" if path.is_dir() else path
+
+
+def _with_cache_recorded(config: dict[str, Any]) -> dict[str, Any]:
+    """A run saved before the decode cache existed decoded every epoch: it resumes so (data.cache never), since the
+    cache's pixels differ from the decoder's by rounding and the resume would not be bit-identical."""
+    data = config.get("data")
+    if isinstance(data, dict) and "cache" not in data:
+        config = {**config, "data": {**data, "cache": "never"}}
+    return config
 
 
 def _resumed_config(saved: Config, path: Path, overrides: dict[str, Any], settings) -> Config:

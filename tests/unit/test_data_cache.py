@@ -221,3 +221,15 @@ def test_prepare_cache_builds_what_training_on_the_prepared_folder_reads(tmp_pat
     assert decoded == []
     assert main(["prepare", str(flat)]) == 2
     assert "prepare needs SRC and DST (or one folder with --cache)" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_the_cache_resumes_decoding_every_epoch():
+    """A checkpoint whose config has no data.cache was trained by decoding every epoch: its resume keeps doing so
+    (the cache's pixels differ by rounding); a recorded choice is kept as it is."""
+    from classicnets.training.start import _with_cache_recorded
+
+    old = {"data": {"path": "/photos"}, "train": {"epochs": 3}}
+    assert _with_cache_recorded(old)["data"] == {"path": "/photos", "cache": "never"}
+    assert old["data"] == {"path": "/photos"}  # the checkpoint's dict is not changed
+    recorded = {"data": {"path": "/photos", "cache": "always"}}
+    assert _with_cache_recorded(recorded)["data"]["cache"] == "always"
