@@ -13,6 +13,10 @@ from torch import nn
 
 from classicnets.models.base import is_tracing
 
+# The dtypes the oneDNN paths take, input and weight alike: float32, and bf16 for inference with weights cast once
+# (runtime.prepare_inference), where packing saves the per-call reorder just as in float32.
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
 
 def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tensor | None:
     """`run()` (one of torch's internal oneDNN ops), or None after marking `module` to use its plain PyTorch forward
@@ -53,8 +57,8 @@ class PrepackedConv2d(nn.Conv2d):
             not torch.is_grad_enabled()
             and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            and x.dtype in PACKED_DTYPES
+            and self.weight.dtype == x.dtype
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and self.padding_mode == "zeros"
@@ -65,7 +69,8 @@ class PrepackedConv2d(nn.Conv2d):
         )
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight._version, self.weight.data_ptr())
+        # The data pointer alone could be reused by a new weight of another dtype after the old one is freed.
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
         cache = getattr(self, "_packed_cache", None)
         if cache is None or cache[0] != key:
             # torch's stub types this internal op's arguments too narrowly (lists, and no input size)
@@ -75,6 +80,14 @@ class PrepackedConv2d(nn.Conv2d):
             )  # fmt: skip
             self._packed_cache = cache = (key, packed)
         return cache[1]
+
+    def train(self, mode: bool = True) -> PrepackedConv2d:
+        self._packed_cache = None  # train() and eval() start afresh: a packed copy never outlives a mode switch
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]  # torch's own signature
+        self._packed_cache = None  # .to(dtype or device), .float(), .bfloat16(): the packed copy is of the old weight
+        return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -107,8 +120,8 @@ class OneDNNLinear(nn.Linear):
             and (x.shape[0] > 1 or torch.get_num_threads() > 1)
             and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            and x.dtype in PACKED_DTYPES
+            and self.weight.dtype == x.dtype
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available()
             and not is_tracing()
