@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -185,6 +186,27 @@ def _remove_cast_hooks(model: torch.nn.Module) -> None:
     for handle in getattr(model, "_cast_hooks", ()):
         handle.remove()
     model._cast_hooks = ()  # type: ignore[assignment]  # a plain attribute, not a submodule
+
+
+@contextlib.contextmanager
+def limit_threads_for_workers(device: torch.device, workers: int) -> Iterator[None]:
+    """On CPU, while loader processes run beside the model, give torch at most the cores they leave free.
+
+    `workers` decoding processes plus one torch thread per core oversubscribe the cores, and an OpenMP parallel
+    region waits for its slowest thread: a thread descheduled in favour of a worker stalls every layer, which
+    shows as system time (the scheduler switching) and as forwards many times slower. Restores the count after.
+    """
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    wanted = max(1, min(before, cores - workers)) if device.type == "cpu" and workers > 0 else before
+    if wanted != before:
+        log.info("%d loader processes on %d cores: %d torch threads instead of %d", workers, cores, wanted, before)
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            torch.set_num_threads(before)
 
 
 def fast_optimizer_options(device: torch.device) -> dict[str, Any]:
