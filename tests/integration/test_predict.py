@@ -74,7 +74,8 @@ def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, mon
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and is_png(grid) and out[-1] == f"picture: {grid}"
     assert out[0].split()[-1] == "top-2" and len(out) == 1 + 6 + 3
-    assert re.fullmatch(r"speed: 6 images, [\d,.]+ images/s: decoding [\d.]+ s, model [\d.]+ s \(precision .+\)", out[-2])
+    speed = r"speed: 6 images, [\d,.]+ images/s: decoding [\d.]+ s, model [\d.]+ s \(precision .+\)"
+    assert re.fullmatch(speed, out[-2])
     assert len(titles) == 6 and all(t.startswith("digit ") and t[-6:-4] == ", " for t in titles)  # "digit 3, 0.41"
 
 
