@@ -88,7 +88,6 @@ class PredictStats:
 
     def describe(self) -> str:
         """'120 images, 85.3 images/s: decoding 0.90 s, model 0.51 s (precision bf16 (weights cast once))'"""
-        from classicnets.runtime import describe_inference_precision
 
         skipped = f" ({self.skipped} unreadable, skipped)" if self.skipped else ""
         return (
@@ -141,7 +140,6 @@ def iter_predictions(
     dev = resolve_device(device)
     model = load_model(weights, copy=True)
     net, stats.precision = prepare_inference(model, dev, "fp32" if gradcam else precision)
-    log.info("precision: %s", describe_inference_precision(stats.precision))
     pre = model.preprocessing
     classes = class_names(model)
     k = min(topk, len(classes))
