@@ -158,7 +158,8 @@ def prepare_inference(model: ClassicNet, device: torch.device, precision: str = 
         model._cast_hooks = handles  # type: ignore[assignment]  # a plain attribute, not a submodule
     model.inference_dtype = dtype
     log.info("inference precision: %s", describe_inference_precision(resolved))
-    return cast(ClassicNet, model.eval()), resolved
+    model.eval()
+    return model, resolved
 
 
 INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,7 +173,7 @@ def describe_inference_precision(precision: str) -> str:
 
 
 def _cast_input_hook(module: torch.nn.Module, args: tuple) -> tuple:
-    dtype = module.inference_dtype
+    dtype = cast(torch.dtype, module.inference_dtype)
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
 

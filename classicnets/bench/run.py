@@ -88,7 +88,8 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         for mode in cfg.modes:
             _set_mode(paths, mode)
             steps = {p.info.name: timed_step(p, mode, x, y, device) for p in paths}
-            extra = infer_candidates(paths[0], onnx, x, device) if mode == "infer" else []
+            ort = onnx if isinstance(onnx, OnnxRuntimePath) else None
+            extra = infer_candidates(paths[0], ort, x, device) if mode == "infer" else []
             steps |= {c.info.name: c.step for c in extra}
             report.paths |= {c.info.name: c.info for c in extra}
             steps |= {f"peak probe {p}": probe for p, probe in probes.items()}
@@ -98,8 +99,8 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             for precision_name, probe in probes.items():
                 probed[precision_name].append(probe.peak(stats[f"peak probe {precision_name}"]))
             flops = batch * (counts.forward_flops if mode == "infer" else counts.train_flops)
-            for info in [p.info for p in paths] + [c.info for c in extra]:
-                report.rows.append(_row(batch, mode, info, stats[info.name], flops, peaks_before))
+            for path_info in [p.info for p in paths] + [c.info for c in extra]:
+                report.rows.append(_row(batch, mode, path_info, stats[path_info.name], flops, peaks_before))
             del extra
         if cfg.data:
             from classicnets.bench.data_feed import time_data_loader

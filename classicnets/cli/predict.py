@@ -32,6 +32,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from classicnets.errors import DataError
     from classicnets.inference.prediction import (
         GRID_MAX_IMAGES,
+        Prediction,
         PredictStats,
         expand_inputs,
         iter_predictions,
@@ -51,7 +52,7 @@ def run_predict(args: argparse.Namespace) -> int:
         stats=stats,
     )
     width = min(60, max(len("file"), *(len(str(f)) for f in files)))
-    shown = []  # the grid's images: the first GRID_MAX_IMAGES only, whatever the folder's size
+    shown: list[Prediction] = []  # the grid's images: the first GRID_MAX_IMAGES only, whatever the folder's size
     for i, r in enumerate(results):  # each line as soon as its batch is through the model
         if args.json:
             print(json.dumps(r.to_dict()), flush=True)

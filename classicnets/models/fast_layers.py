@@ -71,7 +71,7 @@ class PrepackedConv2d(nn.Conv2d):
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         # The data pointer alone could be reused by a new weight of another dtype after the old one is freed.
         key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
-        cache = getattr(self, "_packed_cache", None)
+        cache = self._packed_cache
         if cache is None or cache[0] != key:
             # torch's stub types this internal op's arguments too narrowly (lists, and no input size)
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
@@ -81,11 +81,13 @@ class PrepackedConv2d(nn.Conv2d):
             self._packed_cache = cache = (key, packed)
         return cache[1]
 
+    _packed_cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
     def train(self, mode: bool = True) -> PrepackedConv2d:
         self._packed_cache = None  # train() and eval() start afresh: a packed copy never outlives a mode switch
         return super().train(mode)
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]  # torch's own signature
+    def _apply(self, fn, recurse=True):  # torch's own untyped signature
         self._packed_cache = None  # .to(dtype or device), .float(), .bfloat16(): the packed copy is of the old weight
         return super()._apply(fn, recurse)
 
