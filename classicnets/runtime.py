@@ -9,6 +9,11 @@ What the default path is on each device, and why (measured with `classicnets ben
   inference and fully connected layers multiply in oneDNN rather than MKL (models.layers.PrepackedConv2d,
   OneDNNLinear); fused optimizer step (one pass over the parameters, not three).
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
+- Inference (`eval`, `predict`, `bench` infer rows: `prepare_inference`): no autocast. Autocast re-reads every
+  float32 weight and writes a bf16 copy on every call, and at small batches a network like AlexNet is bound by
+  reading its weights, so autocast made batch-1 inference twice as slow as float32 (issue 18). Instead the weights
+  are cast once: bf16 copies where the hardware multiplies bf16 natively (half the bytes to read per call), else
+  float32 with the oneDNN-packed convolution weights above.
 - Everywhere: classicnets' LocalResponseNorm (banded matmul, hand-written backward) is part of the models, and
   grouped convolutions stay single nn.Conv2d(groups=2) calls, which measured faster than two half convolutions
   (benchmarks/grouped_conv.py). torch.compile only when asked: it costs a minute of compiling per shape.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -121,6 +127,87 @@ def prepare_model(
     if compile:
         return cast(torch.nn.Module, torch.compile(model))
     return model
+
+
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
+    """The precision inference runs in, weights cast once (see `prepare_inference`).
+
+    'auto' -> 'bf16' where the hardware computes bf16 natively (the same test as training's auto: the weights are
+    read in half the bytes, which is what batch-1 inference waits for, and large batches run bf16 matmuls), else
+    'fp32'. The rule is deterministic: no timing probe, so the same machine always makes the same choice.
+    Explicit values are checked as `resolve_precision` checks them.
+    """
+    return resolve_precision(precision, device)
+
+
+def prepare_inference(model: ClassicNet, device: torch.device, precision: str = "auto") -> tuple[ClassicNet, str]:
+    """(`model` ready for inference, the precision it runs in); `model` is changed in place and put in eval mode.
+
+    The model is placed as `prepare_model` places it (channels_last, oneDNN layers on CPU); with bf16 or fp16 its
+    weights are then cast ONCE to that dtype, and hooks at its entry and exit cast the input to it and the output
+    back to float32, so callers feed float32 batches and get float32 logits with no autocast and no per-call
+    re-cast of the weights. LocalResponseNorm computes in float32 internally for bf16/fp16 inputs.
+    """
+    resolved = resolve_inference_precision(precision, device)
+    _remove_cast_hooks(model)
+    prepare_model(model, device)
+    dtype = INFERENCE_DTYPES[resolved]
+    model.to(dtype)
+    if dtype != torch.float32:
+        handles = (model.register_forward_pre_hook(_cast_input_hook), model.register_forward_hook(_float_output_hook))
+        model._cast_hooks = handles  # type: ignore[assignment]  # a plain attribute, not a submodule
+    model.inference_dtype = dtype
+    log.info("inference precision: %s", describe_inference_precision(resolved))
+    model.eval()
+    return model, resolved
+
+
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def describe_inference_precision(precision: str) -> str:
+    """What `prepare_inference` did, in words: "bf16 (weights cast once)"."""
+    if precision == "fp32":
+        return "fp32 (oneDNN-packed weights on CPU)"
+    return f"{precision} (weights cast once)"
+
+
+def _cast_input_hook(module: torch.nn.Module, args: tuple) -> tuple:
+    dtype = cast(torch.dtype, module.inference_dtype)
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _float_output_hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+    if isinstance(output, tuple):  # a model with auxiliary outputs
+        return tuple(o.float() if isinstance(o, torch.Tensor) else o for o in output)
+    return output.float()
+
+
+def _remove_cast_hooks(model: torch.nn.Module) -> None:
+    for handle in getattr(model, "_cast_hooks", ()):
+        handle.remove()
+    model._cast_hooks = ()  # type: ignore[assignment]  # a plain attribute, not a submodule
+
+
+@contextlib.contextmanager
+def limit_threads_for_workers(device: torch.device, workers: int) -> Iterator[None]:
+    """On CPU, while loader processes run beside the model, give torch at most the cores they leave free.
+
+    `workers` decoding processes plus one torch thread per core oversubscribe the cores, and an OpenMP parallel
+    region waits for its slowest thread: a thread descheduled in favour of a worker stalls every layer, which
+    shows as system time (the scheduler switching) and as forwards many times slower. Restores the count after.
+    """
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    wanted = max(1, min(before, cores - workers)) if device.type == "cpu" and workers > 0 else before
+    if wanted != before:
+        log.info("%d loader processes on %d cores: %d torch threads instead of %d", workers, cores, wanted, before)
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            torch.set_num_threads(before)
 
 
 def fast_optimizer_options(device: torch.device) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import classicnets
+from classicnets.bench.infer_report import infer_lines
 from classicnets.process_env import fast_cpu_env_status
 from classicnets.tables import table_lines
 
@@ -27,7 +28,7 @@ TITAN_X_ANCHORS = {"fp32": (27.0, 81.0), "fp16": (25.0, 71.0)}
 
 @dataclass
 class PathInfo:
-    name: str  # "default" or "baseline"
+    name: str  # "default", "baseline", or in infer mode the other precision ("fp32", "bf16") and "onnxruntime"
     precision: str
     channels_last: bool
     compiled: bool
@@ -166,8 +167,7 @@ class BenchReport:
                 "note: other processes were using the CPUs (load average above, or an efficiency over 100 %): "
                 "absolute figures are noisy; the interleaved ratios of this run are the figures to trust"
             )
-        if self.onnx:
-            lines.append(_format_onnx(self.onnx))
+        lines += infer_lines(self.rows, self.onnx)
         for d in self.data:
             lines.append(_format_data(d))
         if s["device"] == "cuda" and self.model == "alexnet":
@@ -192,17 +192,6 @@ class BenchReport:
                 f"than {b.mean_ms / r.roofline_ms:.2f}x; the default path reaches {r.efficiency:.0%} of that bound"
             )
         return out
-
-
-def _format_onnx(o: dict[str, Any]) -> str:
-    if o.get("skipped"):
-        return f"onnxruntime comparison skipped: {o['skipped']}"
-    return (
-        f"batch 1 inference: ours {o['ours_mean_ms']:.2f} ± {o['ours_sd_ms']:.2f} ms (median {o['ours_median_ms']:.2f})"
-        f" vs onnxruntime {o['onnxruntime_version']} on our exported ONNX {o['onnxruntime_mean_ms']:.2f} ± "
-        f"{o['onnxruntime_sd_ms']:.2f} ms (median {o['onnxruntime_median_ms']:.2f}), {o['threads']} threads each: "
-        f"onnxruntime / ours = {o['ratio']:.2f} (>= 1 means ours is no slower); export: {o['export']}"
-    )
 
 
 def _format_data(d: dict[str, Any]) -> str:

@@ -6,8 +6,9 @@ the plain PyTorch a user would write: eager, float32, NCHW, torch.nn.LocalRespon
 torch.optim.SGD's default step. The training step is forward + cross-entropy + backward + SGD step (momentum 0.9,
 weight decay 5e-4: the paper's optimiser). Figures: ms per batch (mean ± sd, median, min), images/s = batch /
 mean time, achieved GFLOP/s = counted FLOPs / mean time, efficiency = achieved / the matmul peak measured for the
-path's precision (classicnets.bench.peaks). Optional: onnxruntime on our exported model at batch 1 (onnx_compare.py) and
-the real data loader feeding the step (data_feed.py).
+path's precision (classicnets.bench.peaks). In infer mode, beside the default path (weights cast once, as `eval`
+and `predict` run), the precision auto did not choose and onnxruntime on our exported model, at every batch size
+(infer_paths.py, onnx_compare.py). Optional: the real data loader feeding the step (data_feed.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch
 
 from classicnets import runtime
 from classicnets.bench.flops import count_flops
+from classicnets.bench.infer_paths import infer_candidates, onnx_summary
+from classicnets.bench.onnx_compare import OnnxRuntimePath, onnxruntime_path
 from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_matmul_peak
 from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_info
 from classicnets.bench.settings import BenchConfig
@@ -73,6 +76,7 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
     }
     probed: dict[str, list[Peak]] = {p: [] for p in probes}
 
+    onnx = _onnxruntime(cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     for batch in cfg.batch_sizes:
         paths = _build_paths(cfg, device, precision)
@@ -84,6 +88,10 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         for mode in cfg.modes:
             _set_mode(paths, mode)
             steps = {p.info.name: timed_step(p, mode, x, y, device) for p in paths}
+            ort = onnx if isinstance(onnx, OnnxRuntimePath) else None
+            extra = infer_candidates(paths[0], ort, x, device) if mode == "infer" else []
+            steps |= {c.info.name: c.step for c in extra}
+            report.paths |= {c.info.name: c.info for c in extra}
             steps |= {f"peak probe {p}": probe for p, probe in probes.items()}
             total = (cfg.warmup + cfg.steps) * len(steps)
             with _progress(total, quiet, f"{cfg.model} {mode} batch {batch}") as tick:
@@ -91,13 +99,9 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
             for precision_name, probe in probes.items():
                 probed[precision_name].append(probe.peak(stats[f"peak probe {precision_name}"]))
             flops = batch * (counts.forward_flops if mode == "infer" else counts.train_flops)
-            for p in paths:
-                report.rows.append(_row(batch, mode, p.info, stats[p.info.name], flops, peaks_before))
-        if cfg.onnx is not False and "infer" in cfg.modes and batch == 1:
-            from classicnets.bench.onnx_compare import compare_onnxruntime
-
-            _set_mode(paths, "infer")
-            report.onnx = compare_onnxruntime(paths[0], x, device, cfg, required=cfg.onnx is True, quiet=quiet)
+            for path_info in [p.info for p in paths] + [c.info for c in extra]:
+                report.rows.append(_row(batch, mode, path_info, stats[path_info.name], flops, peaks_before))
+            del extra
         if cfg.data:
             from classicnets.bench.data_feed import time_data_loader
 
@@ -112,10 +116,19 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
         after = measure_matmul_peak(name, device, budget_s=cfg.peak_budget_s)
         peaks[name] = best_peak(before, after, probed.get(name, []))
     report.peaks = {name: peak.to_dict() for name, peak in peaks.items()}
+    report.onnx = onnx_summary(onnx, report.rows)
     for row in report.rows:
         _set_efficiency(row, peaks)
     report.finish()
     return report
+
+
+def _onnxruntime(cfg: BenchConfig, device: torch.device) -> OnnxRuntimePath | dict[str, str] | None:
+    """The onnxruntime row's session (built once: exporting takes seconds), {"skipped": why}, or None when not
+    asked (--no-onnx, or no infer mode)."""
+    if cfg.onnx is False or "infer" not in cfg.modes:
+        return None
+    return onnxruntime_path(cfg, device, required=cfg.onnx is True)
 
 
 def _labels(path: TimedPath, cfg: BenchConfig, batch: int, generator: torch.Generator, device: torch.device):

@@ -23,7 +23,7 @@ class BenchConfig:
     baseline: bool = False
     device: str = "auto"
     num_classes: int | None = None
-    onnx: bool | None = None  # onnxruntime at batch 1: None = when installed and batch 1 is timed in infer mode
+    onnx: bool | None = None  # onnxruntime beside each infer row: None = when installed
     data: str | None = None  # a folder or list file: time the real loader feeding the step
     workers: int = 2
     peak_budget_s: float = 1.5

@@ -4,7 +4,9 @@ a classifier (alexnet_tf_benchmark), TensorFlow's AlexNet benchmark's forward-ba
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,15 +73,38 @@ def _has_lrn(model: nn.Module) -> bool:
 
 
 def infer_step(path: TimedPath, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """A forward pass as `eval` and `predict` run it: weights cast once to the path's precision
+    (runtime.prepare_inference, on a copy made once per model), no autocast. A compiled path keeps autocast on its
+    compiled model (casting would recompile it)."""
     x = path.to_input(x)
     # no_grad rather than inference_mode: compiled models may not be called in inference mode after training.
     grad_off = torch.no_grad if path.info.compiled else torch.inference_mode
+    if path.info.compiled:
+        model, precision = path.model, path.info.precision
+    else:
+        model, precision = inference_model(path.model, device, path.info.precision), "fp32"
 
     def step() -> None:
-        with grad_off(), runtime.autocast(device, path.info.precision):
-            path.model(x)
+        with grad_off(), runtime.autocast(device, precision):
+            model(x)
 
     return step
+
+
+# The cast-once copies of each path's model, by precision, made on first use (data_feed asks for a step per batch).
+_INFERENCE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def inference_model(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+    """`model` itself when float32 inference needs no copy (prepare_model already packed its weights), else a copy
+    with the weights cast once to `precision` (runtime.prepare_inference)."""
+    plain = unwrap_model(model)
+    if precision == "fp32" and next(plain.parameters()).dtype == torch.float32:
+        return model
+    copies = _INFERENCE_COPIES.setdefault(model, {})
+    if precision not in copies:
+        copies[precision] = runtime.prepare_inference(deepcopy(plain), device, precision)[0]
+    return copies[precision]
 
 
 def train_step(path: TimedPath, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:

@@ -40,7 +40,11 @@ def _pct(value: float | None) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from classicnets.process_env import apply_fast_cpu_env
+
+    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
     from classicnets.inference.evaluation import evaluate
+    from classicnets.runtime import describe_inference_precision
     from classicnets.tables import format_table
 
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
@@ -66,6 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = {n: report.metrics(n) for n in names}
     print(
         f"weights  {report.weights}\ndata     {report.data} ({report.images:,} images, {len(report.classes)} classes)\n"
+        f"speed    {report.speed.describe()}; precision {describe_inference_precision(report.precision)}\n"
     )
     columns = [titles[n] for n in names]
     summary = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from classicnets.cli.args import add_runtime_flags
 
@@ -22,30 +23,52 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run_predict(args: argparse.Namespace) -> int:
     from classicnets.errors import UsageError
-    from classicnets.inference.prediction import predict
 
     if args.gradcam and not args.grid:
         raise UsageError("--gradcam draws the heat maps on the picture grid: add --grid PNG")
+    from classicnets.process_env import apply_fast_cpu_env
 
-    results = predict(
+    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
+    from classicnets.errors import DataError
+    from classicnets.inference.prediction import (
+        GRID_MAX_IMAGES,
+        Prediction,
+        PredictStats,
+        expand_inputs,
+        iter_predictions,
+        write_grid,
+    )
+
+    files = expand_inputs(args.inputs)
+    stats = PredictStats()
+    results = iter_predictions(
         args.weights,
-        args.inputs,
+        files,
         topk=args.topk,
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
-        grid=args.grid,
         gradcam=args.gradcam,
+        stats=stats,
     )
-    if args.json:
-        for r in results:
-            print(json.dumps(r.to_dict()))
-        return 0
-    width = min(60, max(len("file"), *(len(r.file) for r in results)))
-    print(f"{'file':<{width}}  top-{len(results[0].classes)}")
-    for r in results:
-        tops = "  ".join(f"{c} {p:.3f}" for c, p in zip(r.classes, r.probabilities, strict=True))
-        print(f"{r.file[-width:]:<{width}}  {tops}")
+    width = min(60, max(len("file"), *(len(str(f)) for f in files)))
+    shown: list[Prediction] = []  # the grid's images: the first GRID_MAX_IMAGES only, whatever the folder's size
+    for i, r in enumerate(results):  # each line as soon as its batch is through the model
+        if args.json:
+            print(json.dumps(r.to_dict()), flush=True)
+        else:
+            if i == 0:
+                print(f"{'file':<{width}}  top-{len(r.classes)}")
+            tops = "  ".join(f"{c} {p:.3f}" for c, p in zip(r.classes, r.probabilities, strict=True))
+            print(f"{r.file[-width:]:<{width}}  {tops}", flush=True)
+        if args.grid and len(shown) < GRID_MAX_IMAGES:
+            shown.append(r)
+    if stats.images == 0:
+        raise DataError("none of the images could be read")
     if args.grid:
-        print(f"\npicture: {args.grid}")
+        write_grid(shown, args.grid, total=stats.images)
+    # The speed line goes to stderr with --json, whose standard output is JSON lines only.
+    print(f"\nspeed: {stats.describe()}", file=sys.stderr if args.json else sys.stdout)
+    if args.grid:
+        print(f"picture: {args.grid}")
     return 0

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from classicnets.errors import DataError, UsageError, first_line
 from classicnets.inference.evaluation import class_names, load_model
 from classicnets.models.base import ClassicNet
-from classicnets.runtime import autocast, prepare_model, resolve_device, resolve_precision, to_input_layout
+from classicnets.runtime import describe_inference_precision, prepare_inference, resolve_device, to_input_layout
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,32 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+@dataclass
+class PredictStats:
+    """Counts and where the time went: decoding (read, decode, resize, crop) and the model (normalise, forward,
+    softmax, top-k). `classicnets predict` prints `describe()` at the end."""
+
+    images: int = 0
+    skipped: int = 0
+    decode_s: float = 0.0
+    model_s: float = 0.0
+    precision: str = "fp32"
+
+    @property
+    def images_per_s(self) -> float:
+        total = self.decode_s + self.model_s
+        return self.images / total if total > 0 else 0.0
+
+    def describe(self) -> str:
+        """'120 images, 85.3 images/s: decoding 0.90 s, model 0.51 s (precision bf16 (weights cast once))'"""
+
+        skipped = f" ({self.skipped} unreadable, skipped)" if self.skipped else ""
+        return (
+            f"{self.images} images{skipped}, {self.images_per_s:,.1f} images/s: decoding {self.decode_s:.2f} s, "
+            f"model {self.model_s:.2f} s (precision {describe_inference_precision(self.precision)})"
+        )
+
+
 def read_images(files: Sequence[Path], geometry: Any) -> list[tuple[str, torch.Tensor]]:
     """(file, uint8 C x H x W as the model sees it: `geometry` is the evaluation ImageTransform) of each readable
     file; an unreadable one is skipped with a warning."""
@@ -87,6 +114,65 @@ def read_images(files: Sequence[Path], geometry: Any) -> list[tuple[str, torch.T
     return read
 
 
+def iter_predictions(
+    weights: str | os.PathLike | ClassicNet,
+    files: Sequence[Path],
+    *,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+    gradcam: bool = False,
+    stats: PredictStats | None = None,
+) -> Iterator[Prediction]:
+    """The predictions of `files` (see `expand_inputs`) in order, each yielded as soon as its batch is through the
+    model: nothing is held beyond one batch, so a caller can print the first line long before a large folder is
+    done. Unreadable images are skipped with a warning and counted in `stats`, which also receives the decoding
+    and model time. With `gradcam`, inference runs in float32 (Grad-CAM's backward wants float32 weights)."""
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    from classicnets.data import BatchTransform, ImageTransform
+    from classicnets.inference.gradcam import grad_cam
+
+    stats = PredictStats() if stats is None else stats
+    dev = resolve_device(device)
+    model = load_model(weights, copy=True)
+    net, stats.precision = prepare_inference(model, dev, "fp32" if gradcam else precision)
+    pre = model.preprocessing
+    classes = class_names(model)
+    k = min(topk, len(classes))
+    geometry = ImageTransform(pre, train=False)  # resize + centre crop, as in evaluation
+    to_float = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
+    for start in range(0, len(files), batch_size):
+        clock = time.perf_counter()
+        batch = files[start : start + batch_size]
+        read = read_images(batch, geometry)
+        stats.skipped += len(batch) - len(read)
+        stats.decode_s += time.perf_counter() - clock
+        if not read:
+            continue
+        clock = time.perf_counter()
+        images = torch.stack([image for _, image in read])
+        x = to_float(images.to(dev))
+        with torch.inference_mode():
+            probs = net(to_input_layout(x, net)).float().softmax(dim=1).cpu()
+        top = probs.topk(k, dim=1)
+        heat = grad_cam(net, x, top.indices[:, 0].to(dev))[0] if gradcam else [None] * len(read)
+        stats.model_s += time.perf_counter() - clock
+        stats.images += len(read)
+        for i, (name, _) in enumerate(read):
+            yield Prediction(
+                name,
+                [classes[j] for j in top.indices[i].tolist()],
+                top.values[i].tolist(),
+                dict(zip(classes, probs[i].tolist(), strict=True)),
+                images[i],
+                heat[i],
+            )
+
+
 def predict(
     weights: str | os.PathLike | ClassicNet,
     inputs: Sequence[str | os.PathLike],
@@ -97,48 +183,17 @@ def predict(
     precision: str = "auto",
     grid: str | os.PathLike | None = None,
     gradcam: bool = False,
+    stats: PredictStats | None = None,
 ) -> list[Prediction]:
     """Classify every image in `inputs` (files or folders) with `weights` (a file or a model with .classes and
-    .preprocessing). Unreadable images are skipped with a warning. With `grid`, writes the picture there; with
-    `gradcam`, each prediction gets the Grad-CAM map of its top class (`.heatmap`), drawn over the grid's images."""
-    if topk < 1:
-        raise UsageError(f"--topk must be at least 1, got {topk}")
-    from classicnets.data import BatchTransform, ImageTransform
-    from classicnets.inference.gradcam import grad_cam
-
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model = load_model(weights)
+    .preprocessing), as a list (`iter_predictions` streams them instead). Unreadable images are skipped with a
+    warning. With `grid`, writes the picture there; with `gradcam`, each prediction gets the Grad-CAM map of its
+    top class (`.heatmap`), drawn over the grid's images."""
     files = expand_inputs(inputs)
-    pre = model.preprocessing
-    classes = class_names(model)
-    k = min(topk, len(classes))
-    net = prepare_model(model, dev).eval()
-    geometry = ImageTransform(pre, train=False)  # resize + centre crop, as in evaluation
-    to_float = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
-    predictions: list[Prediction] = []
-    for start in range(0, len(files), batch_size):
-        read = read_images(files[start : start + batch_size], geometry)
-        if not read:
-            continue
-        images = torch.stack([image for _, image in read])
-        x = to_float(images.to(dev))
-        with torch.inference_mode(), autocast(dev, prec):
-            logits = net(to_input_layout(x, net))
-        probs = logits.float().softmax(dim=1).cpu()
-        top = probs.topk(k, dim=1)
-        heat = grad_cam(net, x, top.indices[:, 0].to(dev))[0] if gradcam else [None] * len(read)
-        for i, (name, _) in enumerate(read):
-            predictions.append(
-                Prediction(
-                    name,
-                    [classes[j] for j in top.indices[i].tolist()],
-                    top.values[i].tolist(),
-                    dict(zip(classes, probs[i].tolist(), strict=True)),
-                    images[i],
-                    heat[i],
-                )
-            )
+    predictions = list(
+        iter_predictions(weights, files, topk=topk, batch_size=batch_size, device=device, precision=precision,
+                         gradcam=gradcam, stats=stats)
+    )  # fmt: skip
     if not predictions:
         raise DataError("none of the images could be read")
     if grid is not None:
@@ -146,13 +201,15 @@ def predict(
     return predictions
 
 
-def write_grid(predictions: Sequence[Prediction], path: str | os.PathLike) -> None:
-    """Each image with "class, probability" of its top class above it."""
+def write_grid(predictions: Sequence[Prediction], path: str | os.PathLike, *, total: int | None = None) -> None:
+    """Each image with "class, probability" of its top class above it: the first GRID_MAX_IMAGES of `predictions`
+    (of `total` predicted, when the caller kept only those)."""
     from classicnets.inference.plots import plot_image_grid
 
     shown = list(predictions[:GRID_MAX_IMAGES])
-    if len(predictions) > len(shown):
-        log.info("the grid shows the first %d of %d images", len(shown), len(predictions))
+    total = len(predictions) if total is None else total
+    if total > len(shown):
+        log.info("the grid shows the first %d of %d images", len(shown), total)
     with_heat = all(p.heatmap is not None for p in shown)
     plot_image_grid(
         [p.image for p in shown],

@@ -41,6 +41,7 @@ class ClassicNet(nn.Module):
     classes: list[str] | None  # class names in output order, when the weights come with them
     new_layers: list[str]  # layers trained from scratch while fine-tuning (their own param group)
     channels_last: bool  # the memory layout runtime.prepare_model chose
+    inference_dtype: torch.dtype  # the dtype runtime.prepare_inference cast the weights to once
 
     def forward(self, x: torch.Tensor) -> Any:
         # The torchvision shape shared by LeNet, AlexNet and VGG; GoogLeNet and ResNet override it.

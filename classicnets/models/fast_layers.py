@@ -1,5 +1,6 @@
-"""Faster CPU versions of nn.Conv2d and nn.Linear for float32: oneDNN-packed convolution weights for inference
-and fully connected products in oneDNN rather than MKL. `runtime.prepare_model` swaps them in on CPU
+"""Faster CPU versions of nn.Conv2d and nn.Linear for float32, and for bf16 weights cast once for inference
+(runtime.prepare_inference): oneDNN-packed convolution weights for inference and fully connected products in oneDNN
+rather than MKL. `runtime.prepare_model` swaps them in on CPU
 (`use_fast_cpu_layers`); parameters, names, hooks and state-dict keys stay those of nn.Conv2d / nn.Linear.
 """
 
@@ -12,6 +13,10 @@ import torch
 from torch import nn
 
 from classicnets.models.base import is_tracing
+
+# The dtypes the oneDNN paths take, input and weight alike: float32, and bf16 for inference with weights cast once
+# (runtime.prepare_inference), where packing saves the per-call reorder just as in float32.
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tensor | None:
@@ -26,14 +31,15 @@ def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tens
 
 
 class PrepackedConv2d(nn.Conv2d):
-    """nn.Conv2d that, for CPU float32 inference on channels_last input, keeps its weight in oneDNN's blocked
-    layout instead of re-arranging it on every call, which is a third of a convolution's time at batch 1
-    (AlexNet conv3: 4.8 instead of 7.4 ms, one thread).
+    """nn.Conv2d that, for CPU float32 (or bf16-weight) inference on channels_last input, keeps its weight in
+    oneDNN's blocked layout instead of re-arranging it on every call, which is a third of a convolution's time at
+    batch 1 (AlexNet conv3: 4.8 instead of 7.4 ms, one thread; with bf16 weights 0.46 instead of 0.64 ms, best of 40).
 
     Anything else (training, autograd, autocast, NCHW input, compilers, exporters) runs nn.Conv2d's forward.
     The packed copy is rebuilt whenever the weight changes (an optimizer step or load_state_dict bumps its
-    version counter), so it can never be stale. Made by `use_fast_cpu_layers`, which swaps the class of existing
-    Conv2d modules: parameters, names, hooks and state-dict keys stay as they are.
+    version counter; a cast gives it a new dtype) and dropped on train(), eval() and .to(), so it can never be
+    stale. Made by `use_fast_cpu_layers`, which swaps the class of existing Conv2d modules: parameters, names,
+    hooks and state-dict keys stay as they are.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +59,8 @@ class PrepackedConv2d(nn.Conv2d):
             not torch.is_grad_enabled()
             and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            and x.dtype in PACKED_DTYPES
+            and self.weight.dtype == x.dtype
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and self.padding_mode == "zeros"
@@ -65,8 +71,9 @@ class PrepackedConv2d(nn.Conv2d):
         )
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight._version, self.weight.data_ptr())
-        cache = getattr(self, "_packed_cache", None)
+        # The data pointer alone could be reused by a new weight of another dtype after the old one is freed.
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        cache = self._packed_cache
         if cache is None or cache[0] != key:
             # torch's stub types this internal op's arguments too narrowly (lists, and no input size)
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
@@ -75,6 +82,16 @@ class PrepackedConv2d(nn.Conv2d):
             )  # fmt: skip
             self._packed_cache = cache = (key, packed)
         return cache[1]
+
+    _packed_cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
+    def train(self, mode: bool = True) -> PrepackedConv2d:
+        self._packed_cache = None  # train() and eval() start afresh: a packed copy never outlives a mode switch
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # torch's own untyped signature
+        self._packed_cache = None  # .to(dtype or device), .float(), .bfloat16(): the packed copy is of the old weight
+        return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -88,7 +105,9 @@ class OneDNNLinear(nn.Linear):
     EPYC test machines (AlexNet fc6 at batch 32: 31 vs 56 ms with 2 threads, 57 vs 85 ms with one; at batch 1 with
     2 threads 9.4 vs 12.7 ms, where MKL's matrix-vector product uses one core). At batch 1 on one thread MKL is
     slightly faster, so that case keeps nn.Linear's forward. The backward products run in oneDNN up to batch 32.
-    Anything but CPU float32 without autocast, and compilers and exporters, run nn.Linear's forward.
+    bf16 weights cast once (runtime.prepare_inference) with bf16 input take the same oneDNN call, which measured
+    the same as nn.Linear's bf16 product (itself oneDNN's: fc6, batch 1-64). Anything else on CPU (autocast, mixed
+    dtypes), and compilers and exporters, run nn.Linear's forward.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +126,8 @@ class OneDNNLinear(nn.Linear):
             and (x.shape[0] > 1 or torch.get_num_threads() > 1)
             and not getattr(self, "_fast_path_failed", False)
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
+            and x.dtype in PACKED_DTYPES
+            and self.weight.dtype == x.dtype
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available()
             and not is_tracing()

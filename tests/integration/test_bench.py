@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from classicnets import runtime
 from classicnets.bench.flops import count_flops
 from classicnets.bench.peaks import measure_matmul_peak
 from classicnets.bench.run import run_bench
@@ -74,9 +75,13 @@ def lenet_report():
 
 def test_figures_are_consistent(lenet_report):
     rows = lenet_report.rows
+    # In infer mode the precision auto did not choose gets a row too (fp32 beside bf16; bf16 beside fp32 where
+    # bf16 is native; none where it is emulated): infer_paths.other_precision.
+    other = [name for name in lenet_report.paths if name not in ("default", "baseline")]
     assert [(r.batch_size, r.mode, r.path) for r in rows] == [
-        (b, m, p) for b in (1, 3) for m in ("infer", "train") for p in ("default", "baseline")
+        (b, m, p) for b in (1, 3) for m in ("infer", "train") for p in ("default", "baseline", *other[: m == "infer"])
     ]
+    assert other in ([], ["fp32"], ["bf16"]) and (other != [] or not runtime.native_bf16(CPU))
     counts = lenet_report.counts
     assert counts["params"] == 61_706 and counts["forward_flops"] == 2 * counts["macs"]
     for r in rows:
@@ -109,7 +114,8 @@ def test_json_csv_and_table(lenet_report):
     assert "products between the timed steps" in fp32["method"]  # probed between the steps too
     assert {"mean_ms", "sd_ms", "images_per_s", "gflops", "efficiency", "speedup"} <= data["results"][0].keys()
     lines = list(csv.DictReader(io.StringIO(lenet_report.to_csv())))
-    assert len(lines) == 8 and lines[0]["model"] == "lenet5" and lines[0]["torch"] == torch.__version__
+    assert len(lines) == len(lenet_report.rows) >= 8
+    assert lines[0]["model"] == "lenet5" and lines[0]["torch"] == torch.__version__
     assert float(lines[0]["images_per_s"]) == pytest.approx(lenet_report.rows[0].images_per_s, rel=1e-5)
     table = lenet_report.format()
     assert "matmul peak fp32" in table and "baseline path: fp32, NCHW" in table
@@ -118,13 +124,37 @@ def test_json_csv_and_table(lenet_report):
     assert {"fp32", "bf16"} <= lenet_report.peaks.keys()  # bf16's peak shows whether it is native
 
 
-def test_onnxruntime_comparison_at_batch_one():
+def test_infer_mode_times_both_precisions_and_onnxruntime_side_by_side_at_every_batch(monkeypatch):
     pytest.importorskip("onnxruntime")
-    cfg = BenchConfig(model="lenet5", batch_sizes=[1], mode="infer", warmup=1, steps=2, onnx=True, peak_budget_s=0.2)
-    o = run_bench(cfg).onnx
-    assert o["batch_size"] == 1 and o["threads"] == torch.get_num_threads()
-    assert o["ratio"] == pytest.approx(o["onnxruntime_mean_ms"] / o["ours_mean_ms"], rel=1e-9)
-    assert o["ours_n"] == o["onnxruntime_n"] == 2
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # auto = bf16 weights, fp32 beside it
+    cfg = BenchConfig(model="lenet5", batch_sizes=[1, 2], mode="infer", warmup=1, steps=2, onnx=True,
+                      peak_budget_s=0.2)  # fmt: skip
+    report = run_bench(cfg)
+    rows = {(r.batch_size, r.path): r for r in report.rows}
+    assert list(rows) == [(b, p) for b in (1, 2) for p in ("default", "fp32", "onnxruntime")]
+    assert [rows[1, p].precision for p in ("default", "fp32", "onnxruntime")] == ["bf16", "fp32", "fp32"]
+    assert all(r.n == 2 for r in report.rows)
+    o = report.onnx
+    assert o["threads"] == torch.get_num_threads() and [b["batch_size"] for b in o["by_batch"]] == [1, 2]
+    for b in o["by_batch"]:
+        ours, ort = rows[b["batch_size"], "default"], rows[b["batch_size"], "onnxruntime"]
+        assert b["ratio"] == pytest.approx(ort.mean_ms / ours.mean_ms, rel=1e-9)
+        assert b["ratio_median"] == pytest.approx(ort.median_ms / ours.median_ms, rel=1e-9)
+    text = report.format()
+    assert "infer rows: weights cast once" in text and "onnxruntime path: fp32, NCHW" in text
+    line = next(x for x in text.splitlines() if x.startswith("infer batch 2, medians: default (bf16) "))
+    ratio = rows[2, "fp32"].median_ms / rows[2, "default"].median_ms
+    assert f"fp32 / default = {ratio:.2f}" in line and "onnxruntime / default = " in line
+
+
+def test_the_default_infer_row_runs_weights_cast_once():
+    from classicnets.bench.steps import inference_model
+
+    model = runtime.prepare_model(create_model("lenet5"), CPU).eval()
+    bf16 = inference_model(model, CPU, "bf16")
+    assert next(bf16.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    assert inference_model(model, CPU, "bf16") is bf16  # made once, not per step
+    assert inference_model(model, CPU, "fp32") is model  # float32 weights are already packed by prepare_model
 
 
 def test_data_loader_timing(tmp_path):
@@ -146,12 +176,13 @@ def test_data_loader_timing(tmp_path):
 def test_cli_json_and_output_file(capsys, tmp_path):
     out = tmp_path / "reports" / "bench.csv"
     code = main(["bench", "--model", "lenet5", "--batch-size", "2", "--mode", "infer", "--steps", "2", "--warmup", "0",
-                 "--json", "--quiet", "--peak-seconds", "0.2", "--output", str(out)])  # fmt: skip
+                 "--json", "--quiet", "--peak-seconds", "0.2", "--output", str(out), "--no-onnx"])  # fmt: skip
     assert code == 0
     data = json.loads(capsys.readouterr().out)
-    (line,) = csv.DictReader(out.open())  # the file gets CSV (by its suffix) while stdout gets JSON
+    line, *_ = csv.DictReader(out.open())  # the file gets CSV (by its suffix) while stdout gets JSON
     assert float(line["mean_ms"]) == pytest.approx(data["results"][0]["mean_ms"], rel=1e-5)
-    assert [r["batch_size"] for r in data["results"]] == [2] and data["onnxruntime"] is None
+    assert data["results"][0]["path"] == "default" and {r["batch_size"] for r in data["results"]} == {2}
+    assert data["onnxruntime"] is None
     assert math.isclose(data["results"][0]["images_per_s"], 2 / (data["results"][0]["mean_ms"] / 1e3), rel_tol=1e-9)
 
 
@@ -161,7 +192,7 @@ def test_cli_json_and_output_file(capsys, tmp_path):
         (["--model", "lenet5", "--batch-size", "0"], "--batch-size '0'"),
         (["--model", "lenet5", "--batch-size", "a,b"], "--batch-size 'a,b'"),
         (["--model", "alexnet2013"], "unknown model 'alexnet2013'"),
-        (["--model", "lenet5", "--onnx"], "--onnx compares batch-1 inference"),
+        (["--model", "lenet5", "--onnx", "--mode", "train"], "--onnx compares inference"),
         (["--model", "lenet5", "--data", "/nonexistent/folder"], "--data /nonexistent/folder: no such"),
         (["--model", "lenet5", "--steps", "0"], "--steps >= 1"),
         (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),

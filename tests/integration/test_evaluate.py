@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -86,6 +87,10 @@ def test_centre_crop_and_ten_crop_match_a_direct_computation(trained, test_digit
     assert all(m["file"].startswith("test-images-idx3-ubyte.gz#") for m in wrong)
     assert is_png(tmp_path / "confusion_matrix.png") and is_png(tmp_path / "misclassified.png")
     assert json.loads((tmp_path / "eval.json").read_text())["ten_crop"]["top1"] == ten["top1"]
+    speed = report.speed
+    assert (speed.images, speed.crops, report.precision) == (100, 1000, "fp32")
+    assert speed.crops_per_s == pytest.approx(1000 / speed.model_s)
+    assert speed.images_per_s == pytest.approx(100 / (speed.data_s + speed.model_s))
 
 
 def test_class_folders_are_matched_to_the_model_by_name(trained, tmp_path, digit_kit):
@@ -103,7 +108,14 @@ def test_cli_eval_tables_json_and_errors(capsys, trained, test_digits, tmp_path,
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
-    assert lines[3].split() == ["centre", "crop", "10-crop"] and lines[4].startswith("top-1")
+    assert lines[4].split() == ["centre", "crop", "10-crop"] and lines[5].startswith("top-1")
+    speed = re.fullmatch(
+        r"speed    ([\d,.]+) images/s \(10 crops per image: ([\d,.]+) crops/s in the model\); "
+        r"([\d.]+) s waiting for data, ([\d.]+) s in the model; precision (fp32|bf16) .*",
+        lines[2],
+    )
+    assert speed is not None, lines[2]
+    assert float(speed[1].replace(",", "")) > 0 and float(speed[2].replace(",", "")) > 0
     assert "per-class accuracy:" in out and "most confused (10-crop, true -> predicted):" in out
     assert f"pictures: {tmp_path / 'e' / 'confusion_matrix.png'}" in out
     code = main(["eval", "--weights", str(trained), "--data", str(test_digits), "--json", "--quiet"])
@@ -144,3 +156,13 @@ def test_ten_crop_evaluates_a_long_thin_png_instead_of_running_out_of_memory(tmp
     with memory_cap(3 << 30):  # the whole resize would need 26 GB
         report = evaluate(model, folders, ten_crop=True, device="cpu", precision="fp32")
     assert report.images == 3 and report.metrics("ten_crop")["per_class"][0]["count"] == 2
+
+
+def test_bf16_inference_casts_a_copy_and_scores_as_fp32_does(trained, test_digits):
+    model = model_from_checkpoint(load_checkpoint(trained)).eval()
+    fp32 = evaluate(model, test_digits, device="cpu", precision="fp32")
+    bf16 = evaluate(model, test_digits, device="cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+    assert abs(bf16.metrics()["top1"] - fp32.metrics()["top1"]) <= 0.02  # at most 2 of 100 digits change
+    assert bf16.metrics()["loss"] == pytest.approx(fp32.metrics()["loss"], rel=0.05)

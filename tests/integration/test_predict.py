@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -71,7 +73,9 @@ def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, mon
     code = main(["predict", "--weights", str(path), str(pngs), "--grid", str(grid), "--topk", "2"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and is_png(grid) and out[-1] == f"picture: {grid}"
-    assert out[0].split()[-1] == "top-2" and len(out) == 1 + 6 + 2
+    assert out[0].split()[-1] == "top-2" and len(out) == 1 + 6 + 3
+    speed = r"speed: 6 images, [\d,.]+ images/s: decoding [\d.]+ s, model [\d.]+ s \(precision .+\)"
+    assert re.fullmatch(speed, out[-2])
     assert len(titles) == 6 and all(t.startswith("digit ") and t[-6:-4] == ", " for t in titles)  # "digit 3, 0.41"
 
 
@@ -88,3 +92,52 @@ def test_unreadable_images_are_skipped_and_missing_paths_are_errors(capsys, weig
     assert code == 1 and err == f"error: {tmp_path / 'nothing.jpg'}: no such file or folder\n"
     code = main(["predict", "--weights", str(path), str(tmp_path / "broken.png")])
     assert code == 1 and capsys.readouterr().err == "error: none of the images could be read\n"
+
+
+def test_cli_prints_each_line_before_the_last_image_is_decoded(weights, pngs, monkeypatch):
+    """A large folder streams: no list of every result is built before the first line appears."""
+    import classicnets.inference.prediction as prediction
+
+    path, _ = weights
+    events: list[tuple[str, str]] = []
+    real_read = prediction.read_images
+
+    def recording_read(files, geometry):
+        events.extend(("decode", str(f)) for f in files)
+        return real_read(files, geometry)
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            if text.strip():
+                events.append(("print", text))
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(prediction, "read_images", recording_read)
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    code = main(["predict", "--weights", str(path), str(pngs), "--batch-size", "2", "--device", "cpu"])
+    assert code == 0
+    decodes = [i for i, (kind, _) in enumerate(events) if kind == "decode"]
+    rows = [i for i, (kind, text) in enumerate(events) if kind == "print" and ".png" in text]
+    assert len(decodes) == len(rows) == 6
+    assert rows[0] < decodes[2] and rows[3] < decodes[4]  # batch 1's lines before batch 2 is read, and so on
+    speed = [text for kind, text in events if kind == "print" and text.startswith("\nspeed: ")]
+    assert len(speed) == 1 and speed[0].startswith("\nspeed: 6 images, ")
+
+
+def test_stats_count_the_images_and_split_the_time(weights, pngs, tmp_path):
+    from classicnets.inference.prediction import PredictStats
+
+    path, _ = weights
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    stats = PredictStats()
+    results = predict(path, [pngs, tmp_path / "broken.png"], device="cpu", precision="bf16", stats=stats)
+    assert len(results) == stats.images == 6 and stats.skipped == 1 and stats.precision == "bf16"
+    assert stats.decode_s > 0 and stats.model_s > 0
+    assert stats.images_per_s == pytest.approx(6 / (stats.decode_s + stats.model_s))
+    fp32 = predict(path, [pngs], device="cpu", precision="fp32")
+    assert [r.classes[0] for r in results] == [r.classes[0] for r in fp32]  # bf16 weights: the same top class
+    for a, b in zip(results, fp32, strict=True):
+        assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=0.02)

@@ -157,3 +157,82 @@ def test_fast_cpu_environment_is_set_before_torch_and_respects_the_user():
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [{"THP_MEM_ALLOC_ENABLE": "1"}, "ACTIVE"]
+
+
+def _seeded(name: str, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, num_classes=num_classes)
+
+
+def test_prepare_inference_in_bf16_casts_the_weights_once_and_stays_close_to_fp32():
+    fp32, prec32 = runtime.prepare_inference(_seeded("alexnet2012"), CPU, "fp32")
+    bf16, prec16 = runtime.prepare_inference(_seeded("alexnet2012"), CPU, "bf16")
+    assert (prec32, prec16) == ("fp32", "bf16")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}  # cast once, not per call under autocast
+    assert not bf16.training and bf16.inference_dtype == torch.bfloat16
+    x = torch.randn(4, 3, 227, 227, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.inference_mode():
+        assert not torch.is_autocast_enabled("cpu")
+        want = fp32(runtime.to_input_layout(x, fp32))
+        got = bf16(runtime.to_input_layout(x, bf16))  # a float32 batch in, float32 logits out
+    assert got.dtype == torch.float32 and got.shape == want.shape == (4, 10)
+    spread = (want.max() - want.min()).item()
+    assert (got - want).abs().max().item() < 0.05 * spread  # bf16 keeps 8 bits of mantissa
+    assert got.argmax(1).tolist() == want.argmax(1).tolist()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_inference_precision_is_bf16_weights_only_where_bf16_is_native(monkeypatch, native, expected):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    model, precision = runtime.prepare_inference(_seeded("lenet5"), CPU, "auto")
+    assert precision == expected
+    assert next(model.parameters()).dtype == runtime.INFERENCE_DTYPES[expected]
+    assert runtime.describe_inference_precision("bf16") == "bf16 (weights cast once)"
+
+
+def test_fp32_inference_uses_prepacked_weights_and_a_second_prepare_removes_the_cast_hooks():
+    from classicnets.models.fast_layers import OneDNNLinear, PrepackedConv2d
+
+    model, _ = runtime.prepare_inference(_seeded("alexnet"), CPU, "bf16")
+    model, _ = runtime.prepare_inference(model, CPU, "fp32")
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert type(model.features[0]) is PrepackedConv2d and type(model.classifier[1]) is OneDNNLinear
+    with torch.inference_mode():
+        model(runtime.to_input_layout(torch.randn(1, 3, 224, 224), model))
+    assert model.features[0]._packed_cache is not None  # the float32 path ran with packed weights
+
+
+@pytest.mark.parametrize("change", ["train", "eval", "bf16", "fp32"])
+def test_packed_conv_weights_are_dropped_on_mode_and_dtype_changes(change):
+    from classicnets.models.fast_layers import use_fast_cpu_layers
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if change == "fp32" else torch.float32
+    conv = use_fast_cpu_layers(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))).to(dtype)[0]
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv(x.to(dtype))
+    assert conv._packed_cache is not None
+    if change in ("train", "eval"):
+        getattr(conv, change)()
+    else:
+        conv.to(runtime.INFERENCE_DTYPES[change])
+    assert conv._packed_cache is None
+    conv.eval()
+    with torch.inference_mode():
+        x = x.to(conv.weight.dtype)
+        got = conv(x)
+        want = nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert got.dtype == conv.weight.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_lrn_on_bf16_input_computes_in_float32_and_returns_bf16():
+    from classicnets.models.lrn import LocalResponseNorm
+
+    lrn = LocalResponseNorm.preset("paper")
+    x = torch.randn(2, 16, 5, 5) * 50
+    got = lrn(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), lrn(x.bfloat16().float()), rtol=1e-2, atol=1e-2)
