@@ -89,17 +89,8 @@ class Trainer:
             samplers = make_samplers(ctx, train_size=len(data.train), val_size=len(data.val),
                                      batch_size=cfg.train.batch_size, seed=cfg.train.seed)  # fmt: skip
         samplers = samplers or {}
-        train_samples = len(samplers["train"]) if samplers.get("train") is not None else len(data.train)
-        self.train_loader = make_loader(
-            data.train,
-            train=True,
-            recipe=cfg.data.augment,
-            drop_last=train_samples >= cfg.train.batch_size,
-            max_bad_fraction=cfg.data.max_bad_fraction,
-            sampler=samplers.get("train"),
-            seed=self.random_seed,
-            empty_batches=True,  # every process must see every step, to agree on skipping one (train_steps)
-            **common,
+        self.train_loader = make_train_loader(
+            data.train, cfg, preprocessing=pre, device=device, seed=self.random_seed, sampler=samplers.get("train")
         )
         self.val_loader = make_loader(
             data.val,
@@ -109,9 +100,7 @@ class Trainer:
             seed=cfg.train.seed,
             **common,
         )
-        self.train_transform = BatchTransform(
-            pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=self.random_seed
-        )
+        self.train_transform = make_train_transform(pre, cfg, channels_last=channels_last, seed=self.random_seed)
         self.eval_transform = BatchTransform(pre, train=False, channels_last=channels_last)
         self.schedule = LRSchedule(
             cfg.schedule, base_lr=cfg.optim.lr, epochs=cfg.train.epochs, steps_per_epoch=len(self.train_loader)
@@ -367,6 +356,37 @@ class Trainer:
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def make_train_loader(
+    dataset: Any, cfg: Config, *, preprocessing: Any, device: torch.device, seed: int, sampler: Any = None
+) -> Any:
+    """The training loader of a run with config `cfg` (also what `bench --data` times): the recipe's batch size,
+    workers and augmentation; `seed` draws the augmentation; `sampler` is the torchrun shard (None: all samples)."""
+    from classicnets.data import make_loader
+
+    samples = len(sampler) if sampler is not None else len(dataset)
+    return make_loader(
+        dataset,
+        preprocessing=preprocessing,
+        train=True,
+        batch_size=cfg.train.batch_size,
+        workers=cfg.data.workers or 0,
+        device=device,
+        recipe=cfg.data.augment,
+        drop_last=samples >= cfg.train.batch_size,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        sampler=sampler,
+        seed=seed,
+        empty_batches=True,  # every process must see every step, to agree on skipping one (train_steps)
+    )
+
+
+def make_train_transform(preprocessing: Any, cfg: Config, *, channels_last: bool, seed: int) -> Any:
+    """The training batch transform of a run with config `cfg` (on the device: float, PCA lighting, normalise)."""
+    from classicnets.data import BatchTransform
+
+    return BatchTransform(preprocessing, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=seed)
 
 
 def keep_frozen_norms_fixed(model: nn.Module) -> None:
