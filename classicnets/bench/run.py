@@ -27,7 +27,13 @@ from classicnets.bench.flops import count_flops
 from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_peak
 from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_info
 from classicnets.bench.settings import BenchConfig
-from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, timed_step
+from classicnets.bench.steps import (
+    TimedPath,
+    bench_model_kwargs,
+    build_baseline_path,
+    build_default_path,
+    timed_step,
+)
 from classicnets.bench.timing import Stats, time_interleaved
 from classicnets.models.base import unwrap_model
 from classicnets.models.registry import create_model, get_model_info
@@ -134,10 +140,11 @@ def _labels(path: TimedPath, cfg: BenchConfig, batch: int, generator: torch.Gene
 def _build_paths(cfg: BenchConfig, device: torch.device, precision: str) -> list[TimedPath]:
     """The default path and, with cfg.baseline, the baseline, starting from the same weights (same arithmetic)."""
     torch.manual_seed(cfg.seed)
-    base = create_model(cfg.model, num_classes=cfg.num_classes)
+    kwargs = bench_model_kwargs(cfg)
+    base = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
     paths = []
     if cfg.baseline:
-        baseline_model = create_model(cfg.model, num_classes=cfg.num_classes)
+        baseline_model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
         baseline_model.load_state_dict(base.state_dict())
         paths.append(build_baseline_path(baseline_model, device))
     return [build_default_path(base, device, cfg, precision), *paths]

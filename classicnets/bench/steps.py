@@ -51,6 +51,16 @@ def bench_optim(cfg: BenchConfig) -> OptimConfig:
     return OptimConfig(name="sgd", **SGD_OPTIONS)
 
 
+def bench_model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
+    """The recipe's model options (`model.kwargs`, e.g. LeNet-5's activation) when it is the recipe's model."""
+    if cfg.recipe is None:
+        return {}
+    from classicnets.config import resolve_config
+
+    model = resolve_config(cfg.recipe).model
+    return dict(model.kwargs) if model.name in (None, cfg.model) else {}
+
+
 def build_default_path(base: ClassicNet, device: torch.device, cfg: BenchConfig, precision: str) -> TimedPath:
     """What `train` runs (training.step.prepare_training), and `eval`/`predict` in inference mode."""
     step = prepare_training(
