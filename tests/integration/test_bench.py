@@ -150,17 +150,23 @@ def test_onnxruntime_comparison_at_batch_one():
     assert o["ours_n"] == o["onnxruntime_n"] == 2
 
 
-def test_data_loader_timing(tmp_path):
+def test_data_loader_timing(tmp_path, monkeypatch):
     pytest.importorskip("classicnets.data")
     from PIL import Image
+
+    from classicnets.training import trainer
 
     for label, colour in (("cat", 40), ("dog", 200)):
         (tmp_path / label).mkdir()
         for i in range(4):
             Image.new("RGB", (48, 40), (colour, i * 30, 90)).save(tmp_path / label / f"{i}.png")
+    built = []  # the loader `train` builds (Trainer: make_train_loader), with the recipe's settings
+    real = trainer.make_train_loader
+    monkeypatch.setattr(trainer, "make_train_loader", lambda *a, **k: built.append(a[1]) or real(*a, **k))
     cfg = BenchConfig(model="lenet5", batch_sizes=[2], mode="train", warmup=1, steps=2, data=str(tmp_path),
-                      workers=0, peak_budget_s=0.2)  # fmt: skip
+                      workers=0, peak_budget_s=0.2, recipe="lenet5_digits")  # fmt: skip
     (d,) = run_bench(cfg).data
+    assert [(c.train.batch_size, c.data.workers, c.data.augment) for c in built] == [(2, 0, "none")]
     assert d["images"] == 8 and d["batch_size"] == 2 and d["mode"] == "train" and d["n"] == 2
     assert d["slowdown"] == pytest.approx(d["mean_ms"] / d["synthetic_mean_ms"], rel=1e-9)
     assert 0 <= d["wait_mean_ms"] <= d["mean_ms"] * d["n"]
@@ -178,6 +184,15 @@ def test_cli_json_and_output_file(capsys, tmp_path):
     assert math.isclose(data["results"][0]["images_per_s"], 2 / (data["results"][0]["mean_ms"] / 1e3), rel_tol=1e-9)
 
 
+def test_cli_config_trains_with_the_recipes_model_and_optimiser(capsys):
+    argv = ["bench", "--config", "lenet5_digits", "--mode", "train", "--batch-size", "2", "--steps", "1", "--warmup",
+            "0", "--json", "--quiet", "--peak-seconds", "0.2", "--precision", "fp32"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "lenet5" and data["config"]["recipe"] == "lenet5_digits"
+    assert data["paths"]["default"]["optimizer"] == "Adam(fused)"  # the recipe's, fused as `train` runs it
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -190,6 +205,8 @@ def test_cli_json_and_output_file(capsys, tmp_path):
         (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),
         (["--model", "lenet5", "--peak-seconds", "0"], "--peak-seconds must be positive"),
         (["--model", "lenet5", "--threads", "0"], "--threads must be at least 1"),
+        (["--config", "no_such_recipe"], "no_such_recipe"),
+        (["--mode", "train"], "bench needs a model: --model NAME"),
     ],
 )
 def test_cli_usage_errors(capsys, argv, message):
