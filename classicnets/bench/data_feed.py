@@ -1,4 +1,6 @@
-"""`bench --data DIR`: the step fed by the real loader, against the same step on a synthetic batch."""
+"""`bench --data DIR`: the training step fed by the loader `train` builds (training.trainer.make_train_loader and
+make_train_transform, with the recipe's augmentation under `--config`), against the same step on a synthetic
+batch."""
 
 from __future__ import annotations
 
@@ -10,7 +12,16 @@ import torch
 from classicnets.bench.settings import BenchConfig
 from classicnets.bench.steps import TimedPath, infer_step, train_step
 from classicnets.bench.timing import Stats, synchronize, time_interleaved
+from classicnets.config import Config, resolve_config
 from classicnets.models.base import unwrap_model
+
+
+def loader_config(cfg: BenchConfig, batch: int) -> Config:
+    """The run config whose loader is timed: the recipe's (or the defaults) at this batch size, bench's workers
+    and seed."""
+    config = resolve_config(cfg.recipe)
+    config.train.batch_size, config.data.workers, config.train.seed = batch, cfg.workers, cfg.seed
+    return config
 
 
 def time_data_loader(
@@ -19,6 +30,7 @@ def time_data_loader(
     """The training (or inference) step fed by the real loader on `cfg.data`, against the same step on a
     synthetic batch already in memory, interleaved batch by batch."""
     from classicnets.data import BatchTransform, make_loader, open_dataset, source_splits
+    from classicnets.training.trainer import make_train_loader, make_train_transform
 
     model = unwrap_model(path.model)
     preprocessing = model.preprocessing
@@ -26,11 +38,17 @@ def time_data_loader(
     dataset = open_dataset(str(cfg.data), in_chans=preprocessing.input_size[0], split=split)
     mode = "train" if "train" in cfg.modes else "infer"
     train = mode == "train"
-    loader = make_loader(
-        dataset, preprocessing=preprocessing, train=train, batch_size=batch, workers=cfg.workers, seed=cfg.seed,
-        drop_last=len(dataset) >= batch, device=device,
-    )  # fmt: skip
-    transform = BatchTransform(preprocessing, train=train, channels_last=path.info.channels_last)
+    run = loader_config(cfg, batch)
+    channels_last = path.info.channels_last
+    if train:  # what `train` reads and transforms (Trainer)
+        loader = make_train_loader(dataset, run, preprocessing=preprocessing, device=device, seed=cfg.seed)
+        transform = make_train_transform(preprocessing, run, channels_last=channels_last, seed=cfg.seed)
+    else:
+        loader = make_loader(
+            dataset, preprocessing=preprocessing, train=False, batch_size=batch, workers=cfg.workers, seed=cfg.seed,
+            device=device,
+        )  # fmt: skip
+        transform = BatchTransform(preprocessing, train=False, channels_last=channels_last)
     num_classes = model.num_classes
     path.model.train(train)
 
@@ -38,6 +56,7 @@ def time_data_loader(
         epoch = 0
         while True:
             loader.set_epoch(epoch)
+            transform.set_epoch(epoch)
             yield from loader
             epoch += 1
 
@@ -52,6 +71,8 @@ def time_data_loader(
     def fed() -> None:
         start = time.perf_counter()
         images, labels = next(stream)
+        while len(labels) == 0:  # a batch whose every file failed: the Trainer skips it too
+            images, labels = next(stream)
         x = transform(images.to(device, non_blocking=True))
         synchronize(device)
         wait.append(time.perf_counter() - start)

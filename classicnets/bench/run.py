@@ -1,16 +1,17 @@
 """`classicnets bench`: forward and training-step speed of a model, against the machine's measured limit.
 
-For each batch size it times the default path (what `train`, `eval` and `predict` run: runtime.prepare_model,
-runtime.autocast, the fused optimizer step) and, with `baseline=True`, in the same process and interleaved with it,
-the plain PyTorch a user would write: eager, float32, NCHW, torch.nn.LocalResponseNorm, grouped nn.Conv2d and
-torch.optim.SGD's default step. The training step is forward + cross-entropy + backward + SGD step (momentum 0.9,
-weight decay 5e-4: the paper's optimiser). Figures: ms per batch (mean ± sd, median, min), images/s = batch /
-mean time, achieved GFLOP/s = counted FLOPs / mean time, efficiency = achieved / the matmul peak measured for the
-path's precision (classicnets.bench.peaks). In infer mode, beside the default path (weights cast once, as `eval`
-and `predict` run), the precision auto did not choose and onnxruntime on our exported model, at every batch size
+For each batch size it times the default path (what `train`, `eval` and `predict` run: for training the Trainer's
+own step, classicnets.training.step.prepare_training: runtime.prepare_model, autocast, the recipe's optimiser with
+its fused step, loss, scaler) and, with `baseline=True`, in the same process and interleaved with it, the plain
+PyTorch a user would write: eager, float32, NCHW, torch.nn.LocalResponseNorm, grouped nn.Conv2d and
+torch.optim.SGD's default step. The training step is forward + cross-entropy + backward + optimiser step (without
+--config: SGD, momentum 0.9, weight decay 5e-4, the paper's optimiser). Figures: ms per batch (mean ± sd, median,
+min), images/s = batch / mean time, achieved GFLOP/s = counted FLOPs / mean time, efficiency = achieved / the peak
+measured for the path's precision (classicnets.bench.peaks: the faster of torch.mm and a oneDNN 1x1
+convolution), at most 100 %. In infer mode, beside the default path (weights cast once, as `eval` and `predict`
+run), the precision auto did not choose and onnxruntime on our exported model, at every batch size
 (infer_paths.py, onnx_compare.py). Optional: the real data loader feeding the step (data_feed.py).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -26,15 +27,23 @@ from classicnets import runtime
 from classicnets.bench.flops import count_flops
 from classicnets.bench.infer_paths import infer_candidates, onnx_summary
 from classicnets.bench.onnx_compare import OnnxRuntimePath, onnxruntime_path
-from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_matmul_peak
+from classicnets.bench.peaks import Peak, PeakProbe, best_peak, efficiency, measure_peak
 from classicnets.bench.report import BenchReport, PathInfo, ResultRow, system_info
 from classicnets.bench.settings import BenchConfig
-from classicnets.bench.steps import TimedPath, build_baseline_path, build_default_path, timed_step
+from classicnets.bench.steps import (
+    TimedPath,
+    bench_model_kwargs,
+    build_baseline_path,
+    build_default_path,
+    timed_step,
+)
 from classicnets.bench.timing import Stats, time_interleaved
 from classicnets.models.base import unwrap_model
 from classicnets.models.registry import create_model, get_model_info
 
 log = logging.getLogger(__name__)
+
+ABOVE_PEAK_NOTE = "measured above peak: peak probe noisy"
 
 
 def _set_mode(paths: list[TimedPath], mode: str) -> None:
@@ -66,11 +75,11 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
 
     # The path's precision, fp32 (the baseline's) and bf16 always: whether bf16 is native shows in its peak.
     needed = {precision, "fp32"} | ({"bf16"} if device.type in ("cpu", "cuda") else set())
-    peaks_before = {p: measure_matmul_peak(p, device, budget_s=cfg.peak_budget_s) for p in sorted(needed)}
-    # Probed between the steps too, for the precisions the paths use, unless emulated (a 1024 product would take
-    # seconds): the peak then sees the same load as the steps it is compared with.
+    peaks_before = {p: measure_peak(p, device, budget_s=cfg.peak_budget_s) for p in sorted(needed)}
+    # Probed between the steps too (with the kernel that won before), for the precisions the paths use, unless
+    # emulated (a 1024 product would take seconds): the peak then sees the same load as the steps it is compared with.
     probes = {
-        p: PeakProbe(p, device)
+        p: PeakProbe(p, device, peaks_before[p].kernel)
         for p in {precision} | ({"fp32"} if cfg.baseline else set())
         if p == "fp32" or runtime.native_bf16(device) or device.type == "cuda"
     }
@@ -113,7 +122,7 @@ def run_bench(cfg: BenchConfig, *, quiet: bool = True) -> BenchReport:
     # from other processes during one measurement cannot make efficiency exceed 1.
     peaks: dict[str, Peak] = {}
     for name, before in peaks_before.items():
-        after = measure_matmul_peak(name, device, budget_s=cfg.peak_budget_s)
+        after = measure_peak(name, device, budget_s=cfg.peak_budget_s)
         peaks[name] = best_peak(before, after, probed.get(name, []))
     report.peaks = {name: peak.to_dict() for name, peak in peaks.items()}
     report.onnx = onnx_summary(onnx, report.rows)
@@ -144,10 +153,11 @@ def _labels(path: TimedPath, cfg: BenchConfig, batch: int, generator: torch.Gene
 def _build_paths(cfg: BenchConfig, device: torch.device, precision: str) -> list[TimedPath]:
     """The default path and, with cfg.baseline, the baseline, starting from the same weights (same arithmetic)."""
     torch.manual_seed(cfg.seed)
-    base = create_model(cfg.model, num_classes=cfg.num_classes)
+    kwargs = bench_model_kwargs(cfg)
+    base = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
     paths = []
     if cfg.baseline:
-        baseline_model = create_model(cfg.model, num_classes=cfg.num_classes)
+        baseline_model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
         baseline_model.load_state_dict(base.state_dict())
         paths.append(build_baseline_path(baseline_model, device))
     return [build_default_path(base, device, cfg, precision), *paths]
@@ -170,8 +180,12 @@ def _row(batch: int, mode: str, path: PathInfo, stats: Stats, flops: int, peaks:
 
 
 def _set_efficiency(row: ResultRow, peaks: dict[str, Peak]) -> None:
+    """Efficiency against the peak, at most 1: a step measured faster than the peak means the peak measurement
+    was unlucky (load from other processes), which the row's note says."""
     peak = peaks.get(row.precision)
     row.peak_gflops = peak.gflops if peak else math.nan
-    row.efficiency = efficiency(row.gflops, peak)
+    raw = efficiency(row.gflops, peak)
+    row.efficiency = min(raw, 1.0) if math.isfinite(raw) else raw
+    row.note = ABOVE_PEAK_NOTE if raw > 1 else ""
     # The roofline: no implementation of these FLOPs in this precision can take less time on this machine.
     row.roofline_ms = row.flops_per_batch / (peak.gflops * 1e9) * 1e3 if peak and peak.gflops > 0 else math.nan

@@ -28,6 +28,7 @@ class BenchConfig:
     workers: int = 2
     peak_budget_s: float = 1.5
     seed: int = 0
+    recipe: str | None = None  # a training recipe (--config): the default path trains with its optimiser and loss
 
     def validate(self) -> None:
         if self.mode not in BENCH_MODES:
@@ -40,6 +41,10 @@ class BenchConfig:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         if not self.peak_budget_s > 0:
             raise UsageError(f"--peak-seconds must be positive, got {self.peak_budget_s}")
+        if self.recipe is not None:
+            from classicnets.config import resolve_config
+
+            resolve_config(self.recipe)  # an unknown recipe or a bad key: its one-line UsageError, before any timing
 
     @property
     def modes(self) -> list[str]:

@@ -1,6 +1,11 @@
 """The ways `bench` runs a model (the default path and the plain-PyTorch baseline) and one step of each:
-a forward pass (inference) or a training step (forward + cross-entropy + backward + SGD step); for a model without
-a classifier (alexnet_tf_benchmark), TensorFlow's AlexNet benchmark's forward-backward instead (l2_loss_step)."""
+a forward pass (inference) or a training step (forward + cross-entropy + backward + optimiser step); for a model
+without a classifier (alexnet_tf_benchmark), TensorFlow's AlexNet benchmark's forward-backward instead (l2_loss_step).
+
+The default path's training step is the Trainer's own (classicnets.training.step.prepare_training): the same model
+preparation, optimiser with the same fast options, autocast, loss and scaler, so what bench prints is what
+`train` runs. Its optimiser is the recipe's with `--config RECIPE`, else the paper's SGD below.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ from torch import nn
 from classicnets import runtime
 from classicnets.bench.report import PathInfo
 from classicnets.bench.settings import BenchConfig
+from classicnets.config import OptimConfig
 from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.lrn import use_torch_lrn
+from classicnets.training.step import TrainStep, optimizer_label, prepare_training
 
 # The paper's optimiser (Krizhevsky et al. 2012, section 5); the lr is small so that 100 steps on random data stay
 # finite (NaNs and denormals would time different arithmetic).
@@ -27,28 +34,51 @@ SGD_OPTIONS: dict[str, Any] = {"lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4
 
 @dataclass
 class TimedPath:
-    """One way of running the model: built, placed and stepped."""
+    """One way of running the model: built, placed and stepped. `step`: the Trainer's training step (the default
+    path); None for the baseline, which steps its plain optimizer itself."""
 
     info: PathInfo
     model: nn.Module
     optimizer: torch.optim.Optimizer
     to_input: Callable[[torch.Tensor], torch.Tensor]
+    step: TrainStep | None = None
+
+
+def bench_optim(cfg: BenchConfig) -> OptimConfig:
+    """The default path's optimiser settings: the recipe's (`--config`), else SGD_OPTIONS."""
+    if cfg.recipe is not None:
+        from classicnets.config import resolve_config
+
+        return resolve_config(cfg.recipe).optim
+    return OptimConfig(name="sgd", **SGD_OPTIONS)
+
+
+def bench_model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
+    """The recipe's model options (`model.kwargs`, e.g. LeNet-5's activation) when it is the recipe's model."""
+    if cfg.recipe is None:
+        return {}
+    from classicnets.config import resolve_config
+
+    model = resolve_config(cfg.recipe).model
+    return dict(model.kwargs) if model.name in (None, cfg.model) else {}
 
 
 def build_default_path(base: ClassicNet, device: torch.device, cfg: BenchConfig, precision: str) -> TimedPath:
-    model = runtime.prepare_model(base, device, channels_last=cfg.channels_last, compile=cfg.compile)
-    plain = unwrap_model(model)
-    options = runtime.fast_optimizer_options(device)
-    optimizer = torch.optim.SGD(plain.parameters(), **SGD_OPTIONS, **options)
+    """What `train` runs (training.step.prepare_training), and `eval`/`predict` in inference mode."""
+    step = prepare_training(
+        base, bench_optim(cfg), device=device, precision=precision, channels_last=cfg.channels_last,
+        compile=cfg.compile,
+    )  # fmt: skip
+    plain = unwrap_model(step.model)
     info = PathInfo(
         name="default",
         precision=precision,
         channels_last=bool(plain.channels_last),
         compiled=cfg.compile,
         lrn="classicnets.LocalResponseNorm" if _has_lrn(plain) else "none",
-        optimizer="SGD(fused)" if options.get("fused") else "SGD",
+        optimizer=optimizer_label(step.optimizer),
     )
-    return TimedPath(info, model, optimizer, lambda x: runtime.to_input_layout(x, model))
+    return TimedPath(info, step.model, step.optimizer, step.to_input, step)
 
 
 def build_baseline_path(base: nn.Module, device: torch.device) -> TimedPath:
@@ -108,7 +138,16 @@ def inference_model(model: nn.Module, device: torch.device, precision: str) -> n
 
 
 def train_step(path: TimedPath, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """The default path: the Trainer's step (TrainStep); the baseline: the tutorials' zero_grad, forward,
+    cross-entropy, backward, step."""
     x = path.to_input(x)
+    trainer_step = path.step
+    if trainer_step is not None:
+
+        def default_step() -> None:
+            trainer_step(x, y)
+
+        return default_step
 
     def step() -> None:
         path.optimizer.zero_grad(set_to_none=True)

@@ -14,15 +14,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "bench",
         parents=[common],
         help="time forward and training steps: ms/batch, images/s, GFLOP/s and efficiency vs the matmul peak",
-        description="For each batch size: forward (inference) and training step (forward + backward + SGD step) "
-        "in ms/batch (mean ± sd after warm-up), images/s, achieved GFLOP/s and efficiency against this machine's "
-        "matmul peak for the precision used, which bench measures itself (best n x n matmul, n up to 2048). "
+        description="For each batch size: forward (inference) and training step (forward + backward + optimiser "
+        "step: `train`'s own step) in ms/batch (mean ± sd after warm-up), images/s, achieved GFLOP/s and efficiency "
+        "against this machine's peak for the precision used, which bench measures itself (the faster of MKL's "
+        "matmul and oneDNN's convolution). "
         "--baseline times plain PyTorch (eager, fp32, NCHW, nn.LocalResponseNorm) in the same run, interleaved, "
         "and prints the speed-up. In infer mode the default path runs as eval and predict do (weights cast once to "
         "auto's precision), beside the other precision auto could have chosen and, when installed, onnxruntime on "
         "our exported ONNX model, at every batch size.",
     )
-    p.add_argument("--model", required=True, help="model name (see `classicnets models`)")
+    p.add_argument("--model", help="model name (see `classicnets models`; default: the --config recipe's)")
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        help="a training recipe (file or shipped name): the training step uses its optimiser and loss, as `train` "
+        "does (default: the paper's SGD, momentum 0.9, weight decay 5e-4)",
+    )
     p.add_argument("--batch-size", default="32", metavar="N[,N...]", help="batch sizes, e.g. 1,32,128 (default 32)")
     p.add_argument("--mode", choices=BENCH_MODES, default="both", help="what to time (default both)")
     p.add_argument(
@@ -89,9 +96,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.onnx and args.mode == "train":
         raise UsageError("--onnx compares inference: use --mode infer or both")
-    from classicnets.process_env import apply_fast_cpu_env
-
-    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
+    args.model = args.model or _recipe_model(args.config)
     from classicnets.bench.run import run_bench
     from classicnets.bench.settings import BenchConfig
 
@@ -112,6 +117,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         data=args.data,
         workers=args.workers,
         peak_budget_s=args.peak_seconds,
+        recipe=args.config,
     )
     import torch
 
@@ -134,6 +140,17 @@ def run_bench_command(args: argparse.Namespace) -> int:
         if tf_benchmark:
             print("\n".join(tf_benchmark_lines(report)))
     return 0
+
+
+def _recipe_model(recipe: str | None) -> str:
+    """The model a recipe names, for bench without --model."""
+    if recipe is not None:
+        from classicnets.config import resolve_config
+
+        name = resolve_config(recipe).model.name
+        if name:
+            return name
+    raise UsageError("bench needs a model: --model NAME (see `classicnets models`) or a --config recipe that names one")
 
 
 def _print_activations(args: argparse.Namespace, sizes: list[int]) -> bool:

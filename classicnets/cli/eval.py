@@ -40,9 +40,6 @@ def _pct(value: float | None) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from classicnets.process_env import apply_fast_cpu_env
-
-    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
     from classicnets.inference.evaluation import evaluate
     from classicnets.runtime import describe_inference_precision
     from classicnets.tables import format_table

@@ -26,9 +26,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.gradcam and not args.grid:
         raise UsageError("--gradcam draws the heat maps on the picture grid: add --grid PNG")
-    from classicnets.process_env import apply_fast_cpu_env
-
-    apply_fast_cpu_env()  # before torch is imported: huge pages for big tensors, sleeping OpenMP threads
     from classicnets.errors import DataError
     from classicnets.inference.prediction import (
         GRID_MAX_IMAGES,

@@ -2,6 +2,8 @@
 
 loop.py        fit() and the epoch loop: checkpoints, logs, plots, stops on signals and NaN
 trainer.py     Trainer: the run's model, data, optimiser and schedule, and one step of each kind
+step.py        TrainStep / prepare_training: the one training step, shared with `bench`
+writer.py      the background checkpoint writer and the CPU copy it writes from
 start.py       start_trainer (a new run) and open_resume (--resume), checking everything first
 setup.py       the data and its validation split, the model, the optimiser's parameter groups
 state.py       Progress (where a run stands) and the process settings held during a run

@@ -111,6 +111,7 @@ def train_epochs(trainer: Trainer, *, progress: bool, on_epoch_end: Callable | N
                 row = _one_epoch(trainer, progress=progress, stop=stop)
                 if on_epoch_end is not None:
                     on_epoch_end(dict(row))
+            trainer.run_folder.wait_for_writes()  # the last epoch's files, written in the background
         except WriteError as e:  # a full disk, a quota: the folder still resumes (RunFolder.write_epoch)
             raise WriteError(f"{e}; then continue with: classicnets train --resume {trainer.run_folder.path}") from e
         except RuntimeError as e:
@@ -164,6 +165,7 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
                 state.partial_seconds = train_seconds + (time.perf_counter() - started)
                 state.partial = sums.to_list()
                 trainer.update_bar(bar, sums, state.partial_seconds)
+                trainer.run_folder.writer.raise_if_failed()  # the last epoch's write failed: stop now, not later
                 if trainer.agree(stop.requested):
                     raise _interrupted(trainer, stop)
         except (TrainingInterrupted, TrainingDiverged):
@@ -184,6 +186,7 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
     val = trainer.validate(stop)
     if val is None:  # stopped during validation: the epoch's training is kept, validation runs again on resume
         raise _interrupted(trainer, stop)
+    val_seconds = time.perf_counter() - val_started
     val_sums, confusion = val
     row = {
         "epoch": epoch + 1,
@@ -195,10 +198,13 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
         "val_top5": val_sums.top5,
         "seconds": train_seconds + (time.perf_counter() - val_started),
         "images_per_s": train_sums.count / train_seconds if train_seconds > 0 else 0.0,
+        **trainer.times,  # data_s, compute_s
+        "val_s": val_seconds,
     }
-    trainer.end_epoch(row, confusion)
+    trainer.end_epoch(row, confusion)  # adds save_s (run_folder.TIME_COLUMNS)
     log.info(
-        "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f top-1 %.2f%% top-5 %.2f%%  %.1fs %.0f img/s",
+        "epoch %d/%d  lr %.3g  train loss %.4f acc %.2f%%  val loss %.4f top-1 %.2f%% top-5 %.2f%%  %.1fs %.0f img/s"
+        "  (data %.1fs, compute %.1fs, val %.1fs, save %.1fs)",
         row["epoch"],
         cfg.train.epochs,
         row["lr"],
@@ -209,6 +215,10 @@ def _one_epoch(trainer: Trainer, *, progress: bool, stop: StopRequest) -> dict[s
         100 * row["val_top5"],
         row["seconds"],
         row["images_per_s"],
+        row["data_s"],
+        row["compute_s"],
+        row["val_s"],
+        row["save_s"],
     )
     return row
 
@@ -231,6 +241,7 @@ def _interrupted(trainer: Trainer, stop: StopRequest, *, agreed: bool = True) ->
     `agreed`: every process reached this point together, so the unfinished epoch's sums can be added up first.
     """
     state = trainer.state
+    trainer.run_folder.wait_for_writes()  # an epoch's files still being written in the background land first
     if not trainer.saved_current:
         if agreed:
             _sum_partial(trainer)

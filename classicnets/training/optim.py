@@ -19,22 +19,27 @@ from classicnets.config import OptimConfig, ScheduleConfig
 PLATEAU_THRESHOLD = 1e-4
 
 
-def build_optimizer(params: Iterable[Any], config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[Any], config: OptimConfig, *, options: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
     """SGD (momentum, L2 weight decay as in the paper and Caffe), Adam, or AdamW (decoupled weight decay).
 
     `params` are parameters or param groups (dicts with "params" and optionally "lr"); each group's starting lr is
-    kept as "initial_lr", which the schedule multiplies.
+    kept as "initial_lr", which the schedule multiplies. `options`: implementation choices that do not change the
+    arithmetic's definition, such as runtime.fast_optimizer_options' fused=True (training.step passes them).
     """
+    options = options or {}
     if config.name == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
-        )
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
+            **options,
+        )  # fmt: skip
     elif config.name == "adam":
         betas = (config.betas[0], config.betas[1])
-        optimizer = torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, **options)
     elif config.name == "adamw":
         betas = (config.betas[0], config.betas[1])
-        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay, **options)
     else:  # config.validate() prevents this
         raise ValueError(f"unknown optimizer {config.name!r}")
     for group in optimizer.param_groups:

@@ -4,7 +4,7 @@
     classes.json          class names in label order
     split.json            how the validation set was chosen (folder split, or seed + held-out indices)
     command.txt           the command line of the start and of every resume, one line each, with the time
-    metrics.csv           one row per epoch (METRIC_COLUMNS)
+    metrics.csv           one row per epoch (METRIC_COLUMNS; TIME_COLUMNS say where the epoch's time went)
     last.pt, best.pt      checkpoints (last: everything to resume; best: the best validation top-1, for eval/predict)
     loss.png, accuracy.png, confusion_matrix.png (and confusion.json, its counts: the best epoch's)
     report.html           everything above on one self-contained page (classicnets.inference.report), at the end
@@ -17,7 +17,9 @@ ranks write nothing.
 The order of an epoch's writes is decided in one place, `write_epoch`: best.pt, the plots, metrics.csv and the
 TensorBoard events first, last.pt last. last.pt is the epoch's commit point: a crash or full disk before it leaves
 last.pt of the epoch before (or none, in epoch 1), and --resume trains the epoch again, writing the same files
-(docs/reliability.md).
+(docs/reliability.md). `write_epoch_in_background` runs that same function in a background thread
+(training.writer.BackgroundWriter) on a CPU copy of the state, so the next epoch trains while it writes; every
+other write (`save`, the start files, `close`) first waits for it, so the order stays the order of the calls.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import datetime
 import io
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -36,10 +39,17 @@ from typing import Any
 
 from classicnets.errors import UsageError
 from classicnets.fileio import atomic_write_text, remove_orphans
+from classicnets.training.writer import BackgroundWriter
 from classicnets.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
+# Where an epoch's wall-clock time went, in seconds (appended to metrics.csv after the columns before them):
+# data_s   waiting for the loader (next batch, copy to the device, the batch transform)
+# compute_s forward + loss + backward + optimiser step
+# val_s    validation
+# save_s   the stall for the epoch's files: waiting for the previous background write + copying the state
+TIME_COLUMNS = ("data_s", "compute_s", "val_s", "save_s")
 METRIC_COLUMNS = (
     "epoch",
     "lr",
@@ -50,6 +60,7 @@ METRIC_COLUMNS = (
     "val_top5",
     "seconds",
     "images_per_s",
+    *TIME_COLUMNS,
 )
 # Files that mark a folder as holding a run (so a new run never overwrites one).
 RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
@@ -136,6 +147,7 @@ class RunFolder:
         self.path = Path(path)
         self.is_main = is_main
         self.tensorboard: Any = None  # a TensorBoardLog while a run with train.tensorboard is going
+        self.writer = BackgroundWriter(f"classicnets-writer {self.path.name}")
 
     @property
     def last(self) -> Path:
@@ -169,8 +181,8 @@ class RunFolder:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        for row in history:
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+        for row in history:  # rows of a run resumed from before TIME_COLUMNS existed lack them: nan
+            writer.writerow({k: _fmt(row.get(k, math.nan) if k in TIME_COLUMNS else row[k]) for k in METRIC_COLUMNS})
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
 
     def write_epoch(self, files: EpochFiles) -> None:
@@ -193,8 +205,20 @@ class RunFolder:
         self.log_epoch(row, files.confusion, files.classes)
         save_checkpoint(self.last, files.last)
 
-    def save(self, which: str, checkpoint: dict[str, Any]) -> None:
+    def write_epoch_in_background(self, files: EpochFiles) -> None:
+        """write_epoch in the background writer, once the previous write has finished (raising its error). The
+        tensors in `files` must be copies nobody changes (training.writer.cpu_copy): training goes on meanwhile."""
         if self.is_main:
+            self.writer.submit(lambda: self.write_epoch(files))
+
+    def wait_for_writes(self) -> None:
+        """Return when the background write (if any) has landed; raise its error (a WriteError naming the file)."""
+        self.writer.wait()
+
+    def save(self, which: str, checkpoint: dict[str, Any]) -> None:
+        """Write `which`.pt now, after any background write (so the newest state lands last)."""
+        if self.is_main:
+            self.writer.wait()
             save_checkpoint(self.path / f"{which}.pt", checkpoint)
 
     def plot_curves(self, history: list[dict[str, float]]) -> None:
@@ -227,6 +251,9 @@ class RunFolder:
             self.tensorboard.log_epoch(row, counts, classes)
 
     def close(self) -> None:
+        """Wait for the background write (its error is logged: the caller raises the one that ended the run), then
+        close the TensorBoard log."""
+        self.writer.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from classicnets.config import Config
 from classicnets.inference.metrics import ConfusionMatrix, MetricSums
 from classicnets.models.base import ClassicNet
 from classicnets.rng import capture_rng, mix_seed, restore_rng
-from classicnets.runtime import autocast, prepare_model, to_input_layout
+from classicnets.runtime import to_input_layout
 from classicnets.training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -30,7 +31,7 @@ from classicnets.training.distributed import (
     rank_seed,
     wrap_model,
 )
-from classicnets.training.optim import LRSchedule, build_optimizer
+from classicnets.training.optim import LRSchedule
 from classicnets.training.run_folder import EpochFiles, RunFolder
 from classicnets.training.setup import (
     TrainingData,
@@ -38,14 +39,11 @@ from classicnets.training.setup import (
 )
 from classicnets.training.signals import StopRequest
 from classicnets.training.state import Progress
+from classicnets.training.step import prepare_training
+from classicnets.training.writer import cpu_copy
 from classicnets.weights.checkpoint import build_checkpoint
 
 log = logging.getLogger(__name__)
-
-# GoogLeNet's auxiliary classifiers: "their loss is added to the total loss with a discount weight 0.3"
-# (Szegedy et al. 2015, section 5).
-AUX_LOSS_WEIGHT = 0.3
-
 
 class Trainer:
     def __init__(
@@ -70,10 +68,14 @@ class Trainer:
         cfg = config
         # local_model: on this process's device (maybe compiled), for validation and the input layout;
         # model: what trains, the same module in DistributedDataParallel under torchrun.
-        self.local_model = prepare_model(
-            model, device, channels_last=cfg.train.channels_last, compile=cfg.train.compile
-        )
-        self.model = wrap_model(self.local_model, ctx, device, sync_bn=cfg.train.sync_bn)
+        # The step (training.step): the same preparation, fused optimiser, autocast and loss `bench` times.
+        self.step = prepare_training(
+            model, cfg.optim, device=device, precision=precision, channels_last=cfg.train.channels_last,
+            compile=cfg.train.compile, params=param_groups(model, cfg),
+            wrap=lambda local: wrap_model(local, ctx, device, sync_bn=cfg.train.sync_bn),
+        )  # fmt: skip
+        self.local_model, self.model = self.step.local_model, self.step.model
+        self.optimizer, self.scaler, self.criterion = self.step.optimizer, self.step.scaler, self.step.criterion
         channels_last = bool(getattr(model, "channels_last", False))
         pre = model.preprocessing
         # Random augmentation and dropout draw from a per-process seed under torchrun (distributed.rank_seed);
@@ -87,17 +89,8 @@ class Trainer:
             samplers = make_samplers(ctx, train_size=len(data.train), val_size=len(data.val),
                                      batch_size=cfg.train.batch_size, seed=cfg.train.seed)  # fmt: skip
         samplers = samplers or {}
-        train_samples = len(samplers["train"]) if samplers.get("train") is not None else len(data.train)
-        self.train_loader = make_loader(
-            data.train,
-            train=True,
-            recipe=cfg.data.augment,
-            drop_last=train_samples >= cfg.train.batch_size,
-            max_bad_fraction=cfg.data.max_bad_fraction,
-            sampler=samplers.get("train"),
-            seed=self.random_seed,
-            empty_batches=True,  # every process must see every step, to agree on skipping one (train_steps)
-            **common,
+        self.train_loader = make_train_loader(
+            data.train, cfg, preprocessing=pre, device=device, seed=self.random_seed, sampler=samplers.get("train")
         )
         self.val_loader = make_loader(
             data.val,
@@ -108,20 +101,16 @@ class Trainer:
             **common,
         )
         self._record_data_path()
-        self.train_transform = BatchTransform(
-            pre, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=self.random_seed
-        )
+        self.train_transform = make_train_transform(pre, cfg, channels_last=channels_last, seed=self.random_seed)
         self.eval_transform = BatchTransform(pre, train=False, channels_last=channels_last)
-        self.optimizer = build_optimizer(param_groups(model, cfg), cfg.optim)
         self.schedule = LRSchedule(
             cfg.schedule, base_lr=cfg.optim.lr, epochs=cfg.train.epochs, steps_per_epoch=len(self.train_loader)
         )
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.resume_from = resume_from
         self.saved_current = resume_from is not None  # last.pt already holds the current state
         # (completed epochs, steps into the next) that last.pt holds; None while the run has no last.pt
         self.saved_at: tuple[int, int] | None = (state.epoch, state.step_in_epoch) if resume_from else None
+        self.times: dict[str, float] = {"data_s": 0.0, "compute_s": 0.0}  # of the epoch being trained (train_steps)
 
     def _record_data_path(self) -> None:
         """Write down what the loaders chose, so config.yaml and a resume reproduce it: data.cache auto becomes
@@ -156,7 +145,10 @@ class Trainer:
             )
             return
         ckpt = self.resume_from
+        fused = self.optimizer.defaults.get("fused")
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups' options replace these: keep this device's step
+            group["fused"] = fused
         self.schedule.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -176,8 +168,12 @@ class Trainer:
         """Train one epoch from step `start` (earlier batches are drawn and skipped, so the order is unchanged).
 
         Yields (loss, logits, labels) after every optimisation step; a non-finite loss is yielded without
-        taking the step, and the generator ends.
+        taking the step, and the generator ends. `self.times` adds up where the epoch's time goes: data_s (waiting
+        for the loader, the copy to the device, the batch transform) and compute_s (forward, loss, backward, step;
+        on a GPU the step's last kernels may still run during the next wait); the caller's time between steps
+        (metrics, progress bar) is in neither.
         """
+        self.times = {"data_s": 0.0, "compute_s": 0.0}
         self.model.train()
         keep_frozen_norms_fixed(self.model)
         self.train_loader.set_epoch(epoch)
@@ -186,6 +182,7 @@ class Trainer:
             return
         if start:
             log.info("skipping the %d batches of epoch %d trained before the stop", start, epoch + 1)
+        mark = time.perf_counter()
         for i, (images, labels) in enumerate(self.train_loader):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -203,8 +200,8 @@ class Trainer:
                 # and a resumed run draws the same ones as an uninterrupted run.
                 torch.manual_seed(mix_seed(self.random_seed, self.state.global_step))
             self.schedule.apply(self.optimizer, epoch, i)
-            with autocast(self.device, self.precision):
-                logits, loss = self.forward_loss(x, labels)
+            mark = self._add_time("data_s", mark)
+            logits, loss = self.forward_loss(x, labels)  # under autocast (training.step)
             loss_value = float(loss.detach())  # one sync per step: the NaN check and the progress bar need it
             if self.agree(not math.isfinite(loss_value)):  # every process stops at the same step
                 yield (loss_value if not math.isfinite(loss_value) else math.nan), None, None  # nan: another process's
@@ -213,33 +210,21 @@ class Trainer:
             self.state.step_in_epoch = i + 1
             self.state.global_step += 1
             self.saved_current = False
+            self._add_time("compute_s", mark)
             yield loss_value, logits.detach(), labels
+            mark = time.perf_counter()
+
+    def _add_time(self, key: str, since: float) -> float:
+        """Add the time since `since` to self.times[key]; returns now."""
+        now = time.perf_counter()
+        self.times[key] += now - since
+        return now
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
-        """Gradients (scaled for fp16), optional clipping of their norm, one optimiser step."""
-        clip = self.config.optim.grad_clip
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            if clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.optimizer.step()
+        self.step.backward_and_step(loss)
 
     def forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.model(x)
-        if isinstance(output, tuple):  # GoogLeNet in training mode: (logits, aux2, aux1)
-            logits, *aux = output
-            loss = self.criterion(logits, labels)
-            loss = loss + AUX_LOSS_WEIGHT * sum(self.criterion(a, labels) for a in aux if a is not None)
-            return logits, loss
-        return output, self.criterion(output, labels)
+        return self.step.forward_loss(x, labels)
 
     def validate(self, stop: StopRequest) -> tuple[MetricSums, ConfusionMatrix] | None:
         """Loss, top-1/top-5 and the confusion matrix on the validation set; None when a stop came first."""
@@ -264,7 +249,9 @@ class Trainer:
         return self.reduce(center.sums), ConfusionMatrix(center.confusion.num_classes, counts)
 
     def end_epoch(self, row: dict[str, float], confusion: ConfusionMatrix) -> None:
-        """Record the epoch, step the plateau schedule, and write its files (RunFolder.write_epoch: last.pt last)."""
+        """Record the epoch, step the plateau schedule, and write its files in the background (RunFolder.write_epoch:
+        last.pt last) from a CPU copy of the state taken now."""
+        copy = self.copy_for_writing(row)  # before the row is recorded: it holds the time this takes
         state = self.state
         state.history.append(row)
         state.epoch += 1
@@ -279,27 +266,46 @@ class Trainer:
         improved = state.is_better(row["val_top1"], row["val_loss"])
         if improved:
             state.best = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_loss": row["val_loss"]}
-        files = EpochFiles(
-            last=self.last_checkpoint(),  # first: it captures the RNG states before anything else runs
-            history=[dict(r) for r in state.history],
-            confusion=confusion.to_list(),
-            classes=self.data.classes,
-            best=self.best_checkpoint() if improved else None,
-        )
-        self.run_folder.write_epoch(files)
+        if self.run_folder.is_main:
+            files = EpochFiles(
+                last=self.last_checkpoint(copy),  # first: it captures the RNG states before anything else runs
+                history=[dict(r) for r in state.history],
+                confusion=confusion.to_list(),
+                classes=self.data.classes,
+                best=self.best_checkpoint(copy["state_dict"]) if improved else None,
+            )
+            self.run_folder.write_epoch_in_background(files)  # training goes on while it writes
         self.saved_current, self.saved_at = True, (state.epoch, 0)
+
+    def copy_for_writing(self, row: dict[str, float]) -> dict[str, Any]:
+        """Wait for the previous epoch's background write (raising its error), then copy the weights, optimiser and
+        scaler states to the CPU for this epoch's; row["save_s"] = the time training stood still for both."""
+        started = time.perf_counter()
+        self.run_folder.wait_for_writes()
+        copy: dict[str, Any] = {}
+        if self.run_folder.is_main:
+            live = {"state_dict": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None}  # fmt: skip
+            copy = cpu_copy(live)
+        row["save_s"] = time.perf_counter() - started
+        return copy
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 
-    def last_checkpoint(self) -> dict[str, Any]:
-        """last.pt: the weights, the optimiser, schedule and scaler states, every RNG, and the progress."""
+    def last_checkpoint(self, copy: dict[str, Any] | None = None) -> dict[str, Any]:
+        """last.pt: the weights, the optimiser, schedule and scaler states, every RNG, and the progress.
+        `copy`: copy_for_writing's copies of the weights, optimiser and scaler states (default: the live ones)."""
+        if copy is None:
+            copy = {"state_dict": None, "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None}  # fmt: skip
         return build_checkpoint(
             self.raw_model,
             classes=self.data.classes,
+            state_dict=copy["state_dict"],
             config=self.config.to_dict(),
-            optimizer=self.optimizer.state_dict(),
+            optimizer=copy["optimizer"],
             scheduler=self.schedule.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            scaler=copy["scaler"],
             rng=capture_rng(),
             new_layers=list(getattr(self.raw_model, "new_layers", [])),
             world_size=self.ctx.world_size,  # a mid-epoch resume needs as many processes (train_start)
@@ -318,11 +324,13 @@ class Trainer:
             return True
         return False
 
-    def best_checkpoint(self) -> dict[str, Any]:
-        """best.pt: the weights and what eval/predict need, without the optimiser state (half the size)."""
+    def best_checkpoint(self, state_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """best.pt: the weights (`state_dict`, a copy, or the live ones) and what eval/predict need, without the
+        optimiser state (half the size)."""
         return build_checkpoint(
             self.raw_model,
             classes=self.data.classes,
+            state_dict=state_dict,
             config=self.config.to_dict(),
             epoch=self.state.epoch,
             metrics=[dict(r) for r in self.state.history],
@@ -362,6 +370,38 @@ class Trainer:
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def make_train_loader(
+    dataset: Any, cfg: Config, *, preprocessing: Any, device: torch.device, seed: int, sampler: Any = None
+) -> Any:
+    """The training loader of a run with config `cfg` (also what `bench --data` times): the recipe's batch size,
+    workers and augmentation; `seed` draws the augmentation; `sampler` is the torchrun shard (None: all samples)."""
+    from classicnets.data import make_loader
+
+    samples = len(sampler) if sampler is not None else len(dataset)
+    return make_loader(
+        dataset,
+        preprocessing=preprocessing,
+        train=True,
+        batch_size=cfg.train.batch_size,
+        workers=cfg.data.workers or 0,
+        device=device,
+        cache=cfg.data.cache,  # decode cache (docs/data.md): auto builds it before the first epoch
+        recipe=cfg.data.augment,
+        drop_last=samples >= cfg.train.batch_size,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        sampler=sampler,
+        seed=seed,
+        empty_batches=True,  # every process must see every step, to agree on skipping one (train_steps)
+    )
+
+
+def make_train_transform(preprocessing: Any, cfg: Config, *, channels_last: bool, seed: int) -> Any:
+    """The training batch transform of a run with config `cfg` (on the device: float, PCA lighting, normalise)."""
+    from classicnets.data import BatchTransform
+
+    return BatchTransform(preprocessing, train=True, pca_std=cfg.data.pca_std, channels_last=channels_last, seed=seed)
 
 
 def keep_frozen_norms_fixed(model: nn.Module) -> None:

@@ -55,14 +55,17 @@ DIGEST_KEY = "digest"
 REQUIRED_KEYS = ("model", "state_dict", "classes", "preprocessing")
 
 
-def build_checkpoint(model: nn.Module, *, classes: list[str], **extra: Any) -> dict[str, Any]:
-    """The checkpoint dict for `model` (built by create_model) plus any training state in `extra`."""
+def build_checkpoint(
+    model: nn.Module, *, classes: list[str], state_dict: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The checkpoint dict for `model` (built by create_model) plus any training state in `extra`; `state_dict`: a
+    copy of the model's weights to store instead of the live ones (a background write, training.writer)."""
     model = unwrap_model(model)  # DistributedDataParallel, torch.compile
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": {"name": model.model_name, "kwargs": dict(model.model_kwargs)},
-        "state_dict": model.state_dict(),
+        "state_dict": model.state_dict() if state_dict is None else state_dict,
         "classes": list(classes),
         "preprocessing": model.preprocessing.to_dict(),
         **extra,

@@ -17,8 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from classicnets import runtime
 from classicnets.bench.flops import count_flops
-from classicnets.bench.peaks import measure_matmul_peak
-from classicnets.bench.run import run_bench
+from classicnets.bench.peaks import Peak, measure_conv_peak, measure_matmul_peak, measure_peak
+from classicnets.bench.report import ResultRow
+from classicnets.bench.run import ABOVE_PEAK_NOTE, _set_efficiency, run_bench
 from classicnets.bench.settings import BenchConfig
 from classicnets.bench.timing import Stats, time_interleaved
 from classicnets.cli import main
@@ -64,6 +65,25 @@ def test_matmul_peak_is_measured_and_described():
     peak = measure_matmul_peak("fp32", CPU, budget_s=0.3, sizes=(64, 128))
     assert peak.gflops > 0 and peak.size in (64, 128) and peak.repeats >= 1
     assert peak.method == "64, 128 within 0.3 s"
+    conv = measure_conv_peak("fp32", CPU, budget_s=0.3, channels=(32, 64))
+    assert conv.gflops > 0 and conv.size in (32, 64) and conv.kernel == "conv"
+
+
+def test_the_peak_is_the_faster_kernel_and_reports_both():
+    peak = measure_peak("fp32", CPU, budget_s=0.4)
+    assert peak.by_kernel.keys() == {"mm", "conv"} and all(g > 0 for g in peak.by_kernel.values())
+    assert peak.gflops == max(peak.by_kernel.values()) == peak.by_kernel[peak.kernel]
+
+
+def test_efficiency_is_at_most_one_with_a_note_when_a_step_beats_the_peak():
+    peak = Peak("fp32", 100.0, 1024, 3, "test", "conv", {"mm": 50.0, "conv": 100.0})
+    row = ResultRow(32, "train", "default", "fp32", 10.0, 1.0, 10.0, 9.0, 5, 3200.0, 2_000_000_000, 200.0)
+    _set_efficiency(row, {"fp32": peak})
+    assert (row.efficiency, row.note) == (1.0, ABOVE_PEAK_NOTE)
+    assert row.roofline_ms == pytest.approx(20.0)  # 2 GFLOP at 100 GFLOP/s: the bound comes from the peak
+    row.gflops = 40.0
+    _set_efficiency(row, {"fp32": peak})
+    assert (row.efficiency, row.note) == (pytest.approx(0.4), "")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +112,9 @@ def test_figures_are_consistent(lenet_report):
         assert r.flops_per_batch == r.batch_size * per_image
         assert r.gflops == pytest.approx(r.flops_per_batch / mean_s / 1e9, rel=1e-9)
         assert 0 < r.efficiency <= 1
-        assert r.efficiency == pytest.approx(r.gflops / lenet_report.peaks[r.precision]["gflops"], rel=1e-9)
-        assert r.efficiency == pytest.approx(r.roofline_ms / r.mean_ms, rel=1e-9)  # the same bound, two ways
+        raw = r.gflops / lenet_report.peaks[r.precision]["gflops"]
+        assert r.efficiency == pytest.approx(min(1.0, raw), rel=1e-9) and (r.note != "") == (raw > 1)
+        assert r.efficiency == pytest.approx(min(1.0, r.roofline_ms / r.mean_ms), rel=1e-9)  # the bound, two ways
         if r.path == "default":
             base = next(b for b in rows if (b.batch_size, b.mode, b.path) == (r.batch_size, r.mode, "baseline"))
             assert r.speedup == pytest.approx(base.mean_ms / r.mean_ms, rel=1e-9)
@@ -110,15 +131,17 @@ def test_json_csv_and_table(lenet_report):
     assert data["system"]["threads"] == torch.get_num_threads() and data["system"]["torch"] == torch.__version__
     assert {"params", "macs", "forward_flops", "train_flops"} == data["counts"].keys()
     fp32 = data["peaks"]["fp32"]
-    assert fp32["gflops"] > 0 and "torch.mm in fp32 (2 n^3 FLOPs" in fp32["method"]
-    assert "products between the timed steps" in fp32["method"]  # probed between the steps too
+    assert fp32["gflops"] > 0 and "torch.mm in fp32 (n x n @ n x n, 2 n^3 FLOPs)" in fp32["method"]
+    assert "calls between the timed steps" in fp32["method"]  # probed between the steps too
+    assert fp32["by_kernel"].keys() == {"mm", "conv"} and fp32["gflops"] == max(fp32["by_kernel"].values())
     assert {"mean_ms", "sd_ms", "images_per_s", "gflops", "efficiency", "speedup"} <= data["results"][0].keys()
     lines = list(csv.DictReader(io.StringIO(lenet_report.to_csv())))
     assert len(lines) == len(lenet_report.rows) >= 8
     assert lines[0]["model"] == "lenet5" and lines[0]["torch"] == torch.__version__
     assert float(lines[0]["images_per_s"]) == pytest.approx(lenet_report.rows[0].images_per_s, rel=1e-5)
     table = lenet_report.format()
-    assert "matmul peak fp32" in table and "baseline path: fp32, NCHW" in table
+    assert "peak fp32: " in table and " won" in table and "baseline path: fp32, NCHW" in table
+    assert "SGD(fused)" in table  # the default path trains with the Trainer's step
     assert "MACs 416,520" in table and "FLOPs forward 833,040" in table
     assert table.count("roofline, batch") == 4  # one per default row with a baseline beside it
     assert {"fp32", "bf16"} <= lenet_report.peaks.keys()  # bf16's peak shows whether it is native
@@ -157,17 +180,23 @@ def test_the_default_infer_row_runs_weights_cast_once():
     assert inference_model(model, CPU, "fp32") is model  # float32 weights are already packed by prepare_model
 
 
-def test_data_loader_timing(tmp_path):
+def test_data_loader_timing(tmp_path, monkeypatch):
     pytest.importorskip("classicnets.data")
     from PIL import Image
+
+    from classicnets.training import trainer
 
     for label, colour in (("cat", 40), ("dog", 200)):
         (tmp_path / label).mkdir()
         for i in range(4):
             Image.new("RGB", (48, 40), (colour, i * 30, 90)).save(tmp_path / label / f"{i}.png")
+    built = []  # the loader `train` builds (Trainer: make_train_loader), with the recipe's settings
+    real = trainer.make_train_loader
+    monkeypatch.setattr(trainer, "make_train_loader", lambda *a, **k: built.append(a[1]) or real(*a, **k))
     cfg = BenchConfig(model="lenet5", batch_sizes=[2], mode="train", warmup=1, steps=2, data=str(tmp_path),
-                      workers=0, peak_budget_s=0.2)  # fmt: skip
+                      workers=0, peak_budget_s=0.2, recipe="lenet5_digits")  # fmt: skip
     (d,) = run_bench(cfg).data
+    assert [(c.train.batch_size, c.data.workers, c.data.augment) for c in built] == [(2, 0, "none")]
     assert d["images"] == 8 and d["batch_size"] == 2 and d["mode"] == "train" and d["n"] == 2
     assert d["slowdown"] == pytest.approx(d["mean_ms"] / d["synthetic_mean_ms"], rel=1e-9)
     assert 0 <= d["wait_mean_ms"] <= d["mean_ms"] * d["n"]
@@ -186,6 +215,15 @@ def test_cli_json_and_output_file(capsys, tmp_path):
     assert math.isclose(data["results"][0]["images_per_s"], 2 / (data["results"][0]["mean_ms"] / 1e3), rel_tol=1e-9)
 
 
+def test_cli_config_trains_with_the_recipes_model_and_optimiser(capsys):
+    argv = ["bench", "--config", "lenet5_digits", "--mode", "train", "--batch-size", "2", "--steps", "1", "--warmup",
+            "0", "--json", "--quiet", "--peak-seconds", "0.2", "--precision", "fp32"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "lenet5" and data["config"]["recipe"] == "lenet5_digits"
+    assert data["paths"]["default"]["optimizer"] == "Adam(fused)"  # the recipe's, fused as `train` runs it
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -198,6 +236,8 @@ def test_cli_json_and_output_file(capsys, tmp_path):
         (["--model", "lenet5", "--output", "report.txt"], "name a .json or .csv file"),
         (["--model", "lenet5", "--peak-seconds", "0"], "--peak-seconds must be positive"),
         (["--model", "lenet5", "--threads", "0"], "--threads must be at least 1"),
+        (["--config", "no_such_recipe"], "no_such_recipe"),
+        (["--mode", "train"], "bench needs a model: --model NAME"),
     ],
 )
 def test_cli_usage_errors(capsys, argv, message):

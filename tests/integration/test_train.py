@@ -47,7 +47,12 @@ def test_run_folder_holds_everything_the_issue_lists(finished_run, digits, is_pn
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert tuple(rows[0]) == METRIC_COLUMNS == (
         "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "seconds", "images_per_s",
+        "data_s", "compute_s", "val_s", "save_s",
     )  # fmt: skip
+    for r in rows:  # where each epoch's time went: parts of it, none negative
+        data_s, compute_s, val_s, save_s = (float(r[k]) for k in ("data_s", "compute_s", "val_s", "save_s"))
+        assert min(data_s, compute_s, val_s, save_s) >= 0 and compute_s > 0
+        assert data_s + compute_s + val_s <= float(r["seconds"])
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
     assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("train_acc", "val_top1", "val_top5"))
