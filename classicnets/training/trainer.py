@@ -111,6 +111,7 @@ class Trainer:
         # (completed epochs, steps into the next) that last.pt holds; None while the run has no last.pt
         self.saved_at: tuple[int, int] | None = (state.epoch, state.step_in_epoch) if resume_from else None
         self.times: dict[str, float] = {"data_s": 0.0, "compute_s": 0.0}  # of the epoch being trained (train_steps)
+        self._snapshot: Any = None  # the last CPU copy handed to the writer (copy_for_writing refills it)
 
     def _record_data_path(self) -> None:
         """Write down what the loaders chose, so config.yaml and a resume reproduce it: data.cache auto becomes
@@ -286,7 +287,9 @@ class Trainer:
         if self.run_folder.is_main:
             live = {"state_dict": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None}  # fmt: skip
-            copy = cpu_copy(live)
+            # the previous epoch's copy is written now (wait_for_writes): its buffers are refilled, not reallocated
+            copy = cpu_copy(live, into=self._snapshot)
+            self._snapshot = copy
         row["save_s"] = time.perf_counter() - started
         return copy
 

@@ -98,3 +98,18 @@ def test_cpu_copy_keeps_dtype_shape_and_layout_and_shares_nothing_mutable():
     assert copy["t"].data_ptr() != t.data_ptr() and torch.equal(copy["t"], t)
     assert copy["t"].is_contiguous(memory_format=torch.channels_last) and copy["t"].dtype == t.dtype
     assert copy["list"][1:] == [1, "s"] and isinstance(copy["tuple"], tuple) and copy["none"] is None
+
+
+def test_cpu_copy_refills_an_earlier_copy_where_it_matches_and_allocates_where_it_does_not():
+    live = {"w": torch.randn(3, 4), "m": [torch.ones(2), torch.zeros(5)], "step": 7}
+    first = cpu_copy(live)
+    live["w"].add_(1.0)
+    live["m"][1] = torch.zeros(6)  # a buffer whose shape changed
+    second = cpu_copy(live, into=first)
+    assert second["w"].data_ptr() == first["w"].data_ptr()  # refilled in place
+    assert second["m"][0].data_ptr() == first["m"][0].data_ptr()
+    assert second["m"][1].shape == (6,) and second["m"][1].data_ptr() != first["m"][1].data_ptr()
+    torch.testing.assert_close(second["w"], live["w"], rtol=0, atol=0)
+    assert second["step"] == 7
+    live["w"].add_(1.0)  # the refilled copy is still a copy
+    assert not torch.equal(second["w"], live["w"])
