@@ -7,14 +7,16 @@ What the default path is on each device, and why (measured with `classicnets ben
   emulated and matmuls run about 100x slower than float32); channels_last (oneDNN's NHWC convolutions and
   max-pooling are faster than NCHW ones); convolutions keep a oneDNN-packed copy of their weight for
   inference and fully connected layers multiply in oneDNN rather than MKL (models.layers.PrepackedConv2d,
-  OneDNNLinear); fused optimizer step (one pass over the parameters, not three).
+  OneDNNLinear); fused optimizer step (one pass over the parameters, not three); denormals flushed to zero
+  (flush_denormals).
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
 - Inference (`eval`, `predict`, `bench` infer rows: `prepare_inference`): no autocast. Autocast re-reads every
   float32 weight and writes a bf16 copy on every call, and at small batches a network like AlexNet is bound by
-  reading its weights, so autocast made batch-1 inference twice as slow as float32 (issue 18). Instead the weights
+  reading its weights, so autocast made batch-1 inference twice as slow as float32 (docs/benchmarks.md). Instead the weights
   are cast once: bf16 copies where the hardware multiplies bf16 natively (half the bytes to read per call), else
   float32 with the oneDNN-packed convolution weights above.
-- Everywhere: classicnets' LocalResponseNorm (banded matmul, hand-written backward) is part of the models, and
+- Everywhere: classicnets' LocalResponseNorm (shifted channel-slice sums a few images at a time, hand-written
+  backward; benchmarks/lrn.py) is part of the models, and
   grouped convolutions stay single nn.Conv2d(groups=2) calls, which measured faster than two half convolutions
   (benchmarks/grouped_conv.py). torch.compile only when asked: it costs a minute of compiling per shape.
 """
