@@ -12,9 +12,9 @@ What the default path is on each device, and why (measured with `classicnets ben
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
 - Inference (`eval`, `predict`, `bench` infer rows: `prepare_inference`): no autocast. Autocast re-reads every
   float32 weight and writes a bf16 copy on every call, and at small batches a network like AlexNet is bound by
-  reading its weights, so autocast made batch-1 inference twice as slow as float32 (docs/benchmarks.md). Instead the weights
-  are cast once: bf16 copies where the hardware multiplies bf16 natively (half the bytes to read per call), else
-  float32 with the oneDNN-packed convolution weights above.
+  reading its weights, so autocast made batch-1 inference twice as slow as float32 (docs/benchmarks.md). Instead
+  the weights are cast once: bf16 copies where the hardware multiplies bf16 natively (half the bytes to read per
+  call), else float32 with the oneDNN-packed convolution weights above.
 - Everywhere: classicnets' LocalResponseNorm (shifted channel-slice sums a few images at a time, hand-written
   backward; benchmarks/lrn.py) is part of the models, and
   grouped convolutions stay single nn.Conv2d(groups=2) calls, which measured faster than two half convolutions
