@@ -64,8 +64,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError("none of the images could be read")
     if args.grid:
         write_grid(shown, args.grid, total=stats.images)
-    # The speed line goes to stderr with --json, whose standard output is JSON lines only.
-    print(f"\nspeed: {stats.describe()}", file=sys.stderr if args.json else sys.stdout)
+    # With --json, standard output is JSON lines only: the speed and picture lines go to stderr.
+    notes = sys.stderr if args.json else sys.stdout
+    print(f"\nspeed: {stats.describe()}", file=notes)
     if args.grid:
-        print(f"picture: {args.grid}")
+        print(f"picture: {args.grid}", file=notes)
     return 0

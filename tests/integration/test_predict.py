@@ -77,6 +77,11 @@ def test_cli_json_lines_table_topk_and_grid(capsys, weights, pngs, tmp_path, mon
     speed = r"speed: 6 images, [\d,.]+ images/s: decoding [\d.]+ s, model [\d.]+ s \(precision .+\)"
     assert re.fullmatch(speed, out[-2])
     assert len(titles) == 6 and all(t.startswith("digit ") and t[-6:-4] == ", " for t in titles)  # "digit 3, 0.41"
+    # with --json and --grid, standard output stays JSON lines only; the speed and picture lines go to stderr
+    code = main(["predict", "--weights", str(path), str(pngs), "--grid", str(grid), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and len([json.loads(line) for line in captured.out.splitlines()]) == 6
+    assert captured.err.splitlines()[-1] == f"picture: {grid}"
 
 
 def test_unreadable_images_are_skipped_and_missing_paths_are_errors(capsys, weights, pngs, tmp_path, caplog):
