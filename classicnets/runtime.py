@@ -6,7 +6,7 @@ What the default path is on each device, and why (measured with `classicnets ben
 - CPU: float32, or bf16 autocast where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX; elsewhere bf16 is
   emulated and matmuls run about 100x slower than float32); channels_last (oneDNN's NHWC convolutions and
   max-pooling are faster than NCHW ones); convolutions keep a oneDNN-packed copy of their weight for
-  inference and fully connected layers multiply in oneDNN rather than MKL (models.layers.PrepackedConv2d,
+  inference and fully connected layers multiply in oneDNN rather than MKL (models.fast_layers.PrepackedConv2d,
   OneDNNLinear); fused optimizer step (one pass over the parameters, not three); denormals flushed to zero
   (flush_denormals).
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from classicnets.choices import PRECISIONS
 from classicnets.errors import UsageError
 from classicnets.models.base import ClassicNet, unwrap_model
 from classicnets.models.fast_layers import use_fast_cpu_layers
+from classicnets.process_env import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +138,6 @@ def prepare_model(
     return model
 
 
-def resolve_inference_precision(precision: str, device: torch.device) -> str:
-    """The precision inference runs in, weights cast once (see `prepare_inference`).
-
-    'auto' -> 'bf16' where the hardware computes bf16 natively (the same test as training's auto: the weights are
-    read in half the bytes, which is what batch-1 inference waits for, and large batches run bf16 matmuls), else
-    'fp32'. The rule is deterministic: no timing probe, so the same machine always makes the same choice.
-    Explicit values are checked as `resolve_precision` checks them.
-    """
-    return resolve_precision(precision, device)
-
-
 def prepare_inference(model: ClassicNet, device: torch.device, precision: str = "auto") -> tuple[ClassicNet, str]:
     """(`model` ready for inference, the precision it runs in); `model` is changed in place and put in eval mode.
 
@@ -156,8 +145,12 @@ def prepare_inference(model: ClassicNet, device: torch.device, precision: str = 
     weights are then cast ONCE to that dtype, and hooks at its entry and exit cast the input to it and the output
     back to float32, so callers feed float32 batches and get float32 logits with no autocast and no per-call
     re-cast of the weights. LocalResponseNorm computes in float32 internally for bf16/fp16 inputs.
+
+    'auto' resolves as for training (`resolve_precision`): bf16 where the hardware computes it natively, whose
+    weights are read in half the bytes (what batch-1 inference waits for), else fp32. A fixed rule, no timing probe:
+    the same machine always makes the same choice.
     """
-    resolved = resolve_inference_precision(precision, device)
+    resolved = resolve_precision(precision, device)
     _remove_cast_hooks(model)
     prepare_model(model, device)
     dtype = INFERENCE_DTYPES[resolved]
@@ -207,7 +200,7 @@ def limit_threads_for_workers(device: torch.device, workers: int) -> Iterator[No
     shows as system time (the scheduler switching) and as forwards many times slower. Restores the count after.
     """
     before = torch.get_num_threads()
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     wanted = max(1, min(before, cores - workers)) if device.type == "cpu" and workers > 0 else before
     if wanted != before:
         log.info("%d loader processes on %d cores: %d torch threads instead of %d", workers, cores, wanted, before)
@@ -223,7 +216,7 @@ def flush_denormals() -> None:
     """Treat denormal floats (below 1.2e-38) as zero on this process's CPU threads (x86 FTZ/DAZ), as TensorFlow
     does on its CPU threads (ScopedFlushDenormal). Without it, once weights, activations or Adam's moments grow
     tiny, multiplications by denormals take microcode assists that are tens of times slower: AlexNet-2012 training
-    on photos slowed epoch after epoch (45, 41, 38 images/s) and ran at 54, 50, 59 with it (docs/benchmarks.md).
+    on photos slowed epoch after epoch (45, 41, 38 images/s) and ran at 44, 48, 53 with it (docs/benchmarks.md).
     The values flushed are far below anything that changes a result in float32 or bf16."""
     torch.set_flush_denormal(True)
 
