@@ -10,10 +10,12 @@ SIGINT, 143 for SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
 
 
 class StopNow(KeyboardInterrupt):
@@ -59,12 +61,19 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
             raise StopNow(signum)  # the same signal again: stop now (a blocked system call is interrupted too)
         again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM"
         stop.request(signum)
-        # Printed, not logged: another handler can raise in the middle of this write (torch's SIGCHLD handler when
-        # the same signal killed a DataLoader worker), and logging would swallow that error and print a traceback
-        # ("--- Logging error ---"); here it propagates to the loop, which, the stop being requested, saves and exits.
-        name = signal.Signals(signum).name
-        print(f"WARNING: {name} received: finishing the current step, then saving ({again} stops at once)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        # Another handler can raise in the middle of this write: torch's SIGCHLD handler, when the same signal
+        # killed a DataLoader worker. Logging would catch that and print "--- Logging error ---" with a traceback;
+        # with raiseExceptions off it stays quiet, and the loader reports the dead worker at the next batch, which
+        # the loop, the stop being requested, turns into the usual save and exit.
+        loud, logging.raiseExceptions = logging.raiseExceptions, False
+        try:
+            log.warning(
+                "%s received: finishing the current step, then saving (%s stops at once)",
+                signal.Signals(signum).name,
+                again,
+            )
+        finally:
+            logging.raiseExceptions = loud
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
