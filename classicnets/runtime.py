@@ -5,10 +5,10 @@ What the default path is on each device, and why (measured with `classicnets ben
 
 - CPU: float32, or bf16 autocast where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX; elsewhere bf16 is
   emulated and matmuls run about 100x slower than float32); channels_last (oneDNN's NHWC convolutions and
-  max-pooling are faster than NCHW ones); convolutions keep a oneDNN-packed copy of their weight for
-  inference and fully connected layers multiply in oneDNN rather than MKL (models.fast_layers.PrepackedConv2d,
-  OneDNNLinear); fused optimizer step (one pass over the parameters, not three); denormals flushed to zero
-  (flush_denormals).
+  max-pooling are faster than NCHW ones); convolutions and fully connected layers keep a oneDNN-packed copy of
+  their weight for inference, and fully connected layers multiply in oneDNN rather than MKL
+  (models.fast_layers.PrepackedConv2d, OneDNNLinear); fused optimizer step (one pass over the parameters, not
+  three); denormals flushed to zero (flush_denormals).
 - CUDA: bf16 autocast from Ampere on, channels_last, cuDNN autotuning, fused optimizer step.
 - Inference (`eval`, `predict`, `bench` infer rows: `prepare_inference`): no autocast. Autocast re-reads every
   float32 weight and writes a bf16 copy on every call, and at small batches a network like AlexNet is bound by

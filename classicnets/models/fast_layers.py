@@ -30,16 +30,45 @@ def _fast_path(module: nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tens
         return None
 
 
-class PrepackedConv2d(nn.Conv2d):
+class _PackedWeightCache(nn.Module):
+    """A oneDNN-packed copy of `self.weight`, rebuilt whenever the weight changes (an optimizer step or
+    load_state_dict bumps its version counter; a cast gives it a new dtype) and dropped on train(), eval() and .to(),
+    so it can never be stale. oneDNN tensors cannot be copied or pickled: the copy is left out and rebuilt on demand.
+    """
+
+    weight: torch.Tensor  # the layer's own parameter (this class is mixed into nn.Conv2d and nn.Linear)
+    _packed_cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
+    def _packed_weight(self, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # The data pointer alone could be reused by a new weight of another dtype after the old one is freed.
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+        cache = self._packed_cache
+        if cache is None or cache[0] != key:
+            self._packed_cache = cache = (key, pack(self.weight.detach()))
+        return cache[1]
+
+    def train(self, mode: bool = True):  # nn.Module's own signature; returns self
+        self._packed_cache = None  # train() and eval() start afresh: a packed copy never outlives a mode switch
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # torch's own untyped signature
+        self._packed_cache = None  # .to(dtype or device), .float(), .bfloat16(): the packed copy is of the old weight
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_packed_cache", None)
+        return state
+
+
+class PrepackedConv2d(_PackedWeightCache, nn.Conv2d):
     """nn.Conv2d that, for CPU float32 (or bf16-weight) inference on channels_last input, keeps its weight in
     oneDNN's blocked layout instead of re-arranging it on every call, which is a third of a convolution's time at
     batch 1 (AlexNet conv3: 4.8 instead of 7.4 ms, one thread; with bf16 weights 0.46 instead of 0.64 ms, best of 40).
 
     Anything else (training, autograd, autocast, NCHW input, compilers, exporters) runs nn.Conv2d's forward.
-    The packed copy is rebuilt whenever the weight changes (an optimizer step or load_state_dict bumps its
-    version counter; a cast gives it a new dtype) and dropped on train(), eval() and .to(), so it can never be
-    stale. Made by `use_fast_cpu_layers`, which swaps the class of existing Conv2d modules: parameters, names,
-    hooks and state-dict keys stay as they are.
+    The packed copy is kept as `_PackedWeightCache` says (never stale). Made by `use_fast_cpu_layers`, which swaps
+    the class of existing Conv2d modules: parameters, names, hooks and state-dict keys stay as they are.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,43 +100,24 @@ class PrepackedConv2d(nn.Conv2d):
         )
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        # The data pointer alone could be reused by a new weight of another dtype after the old one is freed.
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
-        cache = self._packed_cache
-        if cache is None or cache[0] != key:
+        return self._packed_weight(
             # torch's stub types this internal op's arguments too narrowly (lists, and no input size)
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
-                self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,  # type: ignore[arg-type]
-                list(x.shape),
-            )  # fmt: skip
-            self._packed_cache = cache = (key, packed)
-        return cache[1]
-
-    _packed_cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
-
-    def train(self, mode: bool = True) -> PrepackedConv2d:
-        self._packed_cache = None  # train() and eval() start afresh: a packed copy never outlives a mode switch
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):  # torch's own untyped signature
-        self._packed_cache = None  # .to(dtype or device), .float(), .bfloat16(): the packed copy is of the old weight
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_packed_cache", None)  # oneDNN tensors cannot be copied or pickled; rebuilt on demand
-        return state
+            lambda w: torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+                w.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(x.shape)  # type: ignore[arg-type]
+            )
+        )
 
 
-class OneDNNLinear(nn.Linear):
+class OneDNNLinear(_PackedWeightCache, nn.Linear):
     """nn.Linear whose CPU float32 forward product runs in oneDNN (torch.ops.mkldnn._linear_pointwise) instead
     of MKL's sgemm. For the skinny products of small batches oneDNN measured 1.4-1.8x faster on the 2-core AMD
     EPYC test machines (AlexNet fc6 at batch 32: 31 vs 56 ms with 2 threads, 57 vs 85 ms with one; at batch 1 with
     2 threads 9.4 vs 12.7 ms, where MKL's matrix-vector product uses one core). At batch 1 on one thread MKL is
     slightly faster, so that case keeps nn.Linear's forward. The backward products run in oneDNN up to batch 32.
-    bf16 weights cast once (runtime.prepare_inference) with bf16 input take the same oneDNN call, which measured
-    the same as nn.Linear's bf16 product (itself oneDNN's: fc6, batch 1-64). Anything else on CPU (autocast, mixed
-    dtypes), and compilers and exporters, run nn.Linear's forward.
+    bf16 weights cast once (runtime.prepare_inference) with bf16 input take the same oneDNN call. No-grad forwards
+    multiply by a oneDNN-packed copy of the weight where that is faster (`_inference_weight`: bf16 always, 1.6-2.8x
+    at batch 1; float32 above batch 1). Anything else on CPU (autocast, mixed dtypes), and compilers and exporters,
+    run nn.Linear's forward.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +125,7 @@ class OneDNNLinear(nn.Linear):
             if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
                 y = _fast_path(self, lambda: _OneDNNLinearFunction.apply(x, self.weight, self.bias))
             else:
-                y = _fast_path(self, lambda: _onednn_linear(x, self.weight, self.bias))
+                y = _fast_path(self, lambda: _onednn_linear(x, self._inference_weight(x), self.bias))
             if y is not None:
                 return y
         return super().forward(x)
@@ -132,6 +142,17 @@ class OneDNNLinear(nn.Linear):
             and torch.backends.mkldnn.is_available()
             and not is_tracing()
         )
+
+
+    def _inference_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight for a no-grad forward: oneDNN-packed (`torch.ops.mkldnn._reorder_linear_weight`) where that
+        is faster, the plain weight elsewhere. Medians of AlexNet's fc6/fc7/fc8 products, 2 threads, AVX-512 BF16
+        EPYC (2026-12-02): bf16 batch 1 packed 2.3/0.96/0.11 ms vs plain 6.4/2.0/0.31, batch 64 12.8/5.9/1.6 vs
+        15.8/6.6/1.8 (the plain bf16 product re-lays the weight out on every call); float32 batch 64 25.7 vs
+        30.8 ms (fc6), but batch 1 6.1 vs 4.1 (the plain matrix-vector product reads the weight as stored)."""
+        if x.shape[0] == 1 and x.dtype == torch.float32:
+            return self.weight
+        return self._packed_weight(lambda w: torch.ops.mkldnn._reorder_linear_weight(w, None))
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

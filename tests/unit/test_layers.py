@@ -256,6 +256,41 @@ def test_onednn_linear_equals_nn_linear_forward_and_backward(batch):
         assert fast(x).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_linear_inference_uses_a_packed_weight_that_never_goes_stale(dtype):
+    """No-grad forwards multiply by a oneDNN-packed copy of the weight (bf16 at every batch, float32 above batch 1,
+    where packing measured faster); it equals nn.Linear's product and follows every change of the weight."""
+    import copy
+    import pickle
+
+    from classicnets.models.fast_layers import use_fast_cpu_layers
+
+    if torch.get_num_threads() == 1:
+        pytest.skip("one torch thread: OneDNNLinear keeps nn.Linear's forward at batch 1")
+    torch.manual_seed(0)
+    plain = nn.Linear(96, 40).to(dtype)
+    fast = use_fast_cpu_layers(nn.Sequential(copy.deepcopy(plain)))[0]
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    with torch.inference_mode():
+        x1 = torch.randn(1, 96).to(dtype)
+        torch.testing.assert_close(fast(x1), plain(x1), **tol)
+        assert (fast._packed_cache is not None) == (dtype == torch.bfloat16)  # float32 batch 1 reads w as stored
+        x8 = torch.randn(8, 96).to(dtype)
+        torch.testing.assert_close(fast(x8), plain(x8), **tol)
+        assert fast._packed_cache is not None and fast._packed_cache[1].is_mkldnn  # the packed weight was used
+    with torch.no_grad():  # an in-place change of the weight (an optimizer step) must reach the next forward
+        fast.weight.mul_(-2)
+        plain.weight.mul_(-2)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x8), plain(x8), **tol)
+    fast.train()
+    assert fast._packed_cache is None
+    clone = pickle.loads(pickle.dumps(fast))  # the oneDNN copy is dropped, rebuilt on demand
+    assert "_packed_cache" not in vars(clone)
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(x8), plain(x8), **tol)
+
+
 def test_fast_cpu_layers_fall_back_to_plain_pytorch_when_the_onednn_op_fails(monkeypatch):
     """The oneDNN ops are internal to torch: if one fails (renamed in another version), the plain forward answers
     and the module keeps using it."""
