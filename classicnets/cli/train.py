@@ -80,6 +80,9 @@ def _add_run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--no-report", dest="report", action="store_false", default=KEEP, help="do not write RUN/report.html"
     )
+    g.add_argument("--checkpoint-minutes", type=float, default=KEEP, metavar="M",
+                   help="write last.pt after an epoch when M minutes have passed since the previous one (default 10; "
+                   "0: every epoch); always after the first and final epoch and on a stop")  # fmt: skip
 
 
 def _add_finetune_flags(g: argparse._ArgumentGroup) -> None:

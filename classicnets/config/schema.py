@@ -88,6 +88,10 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm, batch statistics over all GPUs (refused on CPU)
     tensorboard: bool = False  # also log every epoch to RUN/tensorboard (needs the tensorboard package)
     report: bool = True  # write RUN/report.html at the end of the run (classicnets report RUN writes it any time)
+    # last.pt (everything --resume needs) is written after the first and the final epoch, on a stop (Ctrl-C,
+    # SIGTERM), and after any other epoch that ends at least this many minutes after the previous last.pt; 0: after
+    # every epoch. A crash (power cut, kill -9) loses at most this much training. docs/training.md, "Checkpoints".
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass
@@ -137,6 +141,7 @@ FLAG_KEYS = {
     "sync_bn": "train.sync_bn",
     "tensorboard": "train.tensorboard",
     "report": "train.report",
+    "checkpoint_minutes": "train.checkpoint_minutes",
     "out": "train.out",
 }
 
@@ -242,4 +247,5 @@ def _train_checks(c: Config) -> list[tuple[str, bool, str]]:
         ("train.batch_size", t.batch_size >= 1, "at least 1"),
         ("train.seed", 0 <= t.seed <= MAX_SEED, "a whole number from 0 to 2**63 - 1"),
         ("train.threads", t.threads is None or t.threads >= 1, "at least 1"),
+        ("train.checkpoint_minutes", t.checkpoint_minutes >= 0, "zero (every epoch) or positive"),
     ]

@@ -15,11 +15,13 @@ which are append-only logs by design, and only happens on the main process (`is_
 ranks write nothing.
 
 The order of an epoch's writes is decided in one place, `write_epoch`: best.pt, the plots, metrics.csv and the
-TensorBoard events first, last.pt last. last.pt is the epoch's commit point: a crash or full disk before it leaves
-last.pt of the epoch before (or none, in epoch 1), and --resume trains the epoch again, writing the same files
-(docs/reliability.md). `write_epoch_in_background` runs that same function in a background thread
-(training.writer.BackgroundWriter) on a CPU copy of the state, so the next epoch trains while it writes; every
-other write (`save`, the start files, `close`) first waits for it, so the order stays the order of the calls.
+TensorBoard events first, last.pt last. last.pt is the commit point: a crash or full disk before it leaves the
+previous last.pt (or none, in epoch 1), and --resume trains the epochs after it again, writing the same files
+(docs/reliability.md). Not every epoch writes last.pt (train.checkpoint_minutes, Trainer.writes_last): one that does
+not leaves the previous one as the commit point. `write_epoch_in_background` runs that same function in a
+background thread (training.writer.BackgroundWriter) on a CPU copy of the state, so the next epoch trains while it
+writes; every other write (`save`, the start files, `close`) first waits for it, so the order stays the order of
+the calls.
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ def choose_run_folder(out: str | None, model_name: str, *, restart: bool = False
 class EpochFiles:
     """What a finished epoch writes (RunFolder.write_epoch decides the order)."""
 
-    last: dict[str, Any]  # last.pt: everything --resume needs (its tensors are the live weights: a writer that
-    # runs while training goes on must copy them first)
+    last: dict[str, Any] | None  # last.pt: everything --resume needs (None: not this epoch, Trainer.writes_last;
+    # its tensors are the live weights: a writer that runs while training goes on must copy them first)
     history: list[dict[str, float]]  # metrics.csv and the curves; the last row is this epoch's
     confusion: list[list[int]]  # this epoch's validation confusion matrix
     classes: list[str]
@@ -189,10 +191,10 @@ class RunFolder:
         """Write a finished epoch's files: best.pt and its confusion matrix, metrics.csv, the curves, the TensorBoard
         events, then last.pt.
 
-        last.pt last, because it commits the epoch: whatever stops this half-way (a crash, a full disk: every write
-        error names its file) leaves last.pt of the epoch before, from which --resume trains this epoch again and
-        rewrites every file here. The one function that orders these writes (an asynchronous checkpoint writer
-        keeps this order).
+        last.pt last (when the epoch writes it), because it commits the epoch: whatever stops this half-way (a
+        crash, a full disk: every write error names its file) leaves the previous last.pt, from which --resume trains
+        the epochs after it again and rewrites every file here. The one function that orders these writes (an
+        asynchronous checkpoint writer keeps this order).
         """
         if not self.is_main:
             return
@@ -203,7 +205,8 @@ class RunFolder:
         self.write_metrics(files.history)
         self.plot_curves(files.history)
         self.log_epoch(row, files.confusion, files.classes)
-        save_checkpoint(self.last, files.last)
+        if files.last is not None:
+            save_checkpoint(self.last, files.last)
 
     def write_epoch_in_background(self, files: EpochFiles) -> None:
         """write_epoch in the background writer, once the previous write has finished (raising its error). The

@@ -58,6 +58,7 @@ RESUME_MAY_CHANGE = {
     "train.sync_bn",
     "train.tensorboard",
     "train.report",
+    "train.checkpoint_minutes",
 }
 
 

@@ -112,6 +112,7 @@ class Trainer:
         self.saved_at: tuple[int, int] | None = (state.epoch, state.step_in_epoch) if resume_from else None
         self.times: dict[str, float] = {"data_s": 0.0, "compute_s": 0.0}  # of the epoch being trained (train_steps)
         self._snapshot: Any = None  # the last CPU copy handed to the writer (copy_for_writing refills it)
+        self._last_written = time.monotonic()  # when last.pt was last handed to the writer (or the run began)
 
     def _record_data_path(self) -> None:
         """Write down what the loaders chose, so config.yaml and a resume reproduce it: data.cache auto becomes
@@ -251,9 +252,11 @@ class Trainer:
 
     def end_epoch(self, row: dict[str, float], confusion: ConfusionMatrix) -> None:
         """Record the epoch, step the plateau schedule, and write its files in the background (RunFolder.write_epoch:
-        last.pt last) from a CPU copy of the state taken now."""
-        copy = self.copy_for_writing(row)  # before the row is recorded: it holds the time this takes
+        last.pt last, when `writes_last` says so) from a CPU copy of the state taken now."""
         state = self.state
+        write_last = self.writes_last()
+        improved = state.is_better(row["val_top1"], row["val_loss"])
+        copy = self.copy_for_writing(row, full=write_last, weights=write_last or improved)  # sets row["save_s"]
         state.history.append(row)
         state.epoch += 1
         state.step_in_epoch, state.partial, state.partial_seconds = 0, [0.0] * 4, 0.0
@@ -264,32 +267,52 @@ class Trainer:
                 self.schedule.decays,
                 self.config.schedule.max_decays,
             )
-        improved = state.is_better(row["val_top1"], row["val_loss"])
         if improved:
             state.best = {"epoch": row["epoch"], "val_top1": row["val_top1"], "val_loss": row["val_loss"]}
         if self.run_folder.is_main:
             files = EpochFiles(
-                last=self.last_checkpoint(copy),  # first: it captures the RNG states before anything else runs
+                # first: last_checkpoint captures the RNG states before anything else runs
+                last=self.last_checkpoint(copy) if write_last else None,
                 history=[dict(r) for r in state.history],
                 confusion=confusion.to_list(),
                 classes=self.data.classes,
                 best=self.best_checkpoint(copy["state_dict"]) if improved else None,
             )
             self.run_folder.write_epoch_in_background(files)  # training goes on while it writes
-        self.saved_current, self.saved_at = True, (state.epoch, 0)
+        self.saved_current = write_last
+        if write_last:
+            self.saved_at, self._last_written = (state.epoch, 0), time.monotonic()
 
-    def copy_for_writing(self, row: dict[str, float]) -> dict[str, Any]:
-        """Wait for the previous epoch's background write (raising its error), then copy the weights, optimiser and
-        scaler states to the CPU for this epoch's; row["save_s"] = the time training stood still for both."""
+    def writes_last(self) -> bool:
+        """Whether the epoch now ending writes last.pt: the run's first epoch (a folder with finished epochs always
+        resumes), its final one, and any epoch ending train.checkpoint_minutes or more after the previous last.pt
+        (0: every epoch). A 0.7 GB last.pt (AlexNet with Adam) written every epoch of a small data set slowed the
+        epochs after it by a fifth while it went to disk (docs/benchmarks.md). Agreed by every process, which must
+        all know whether last.pt holds the current state (a stop then saves it together)."""
+        minutes = self.config.train.checkpoint_minutes
+        due = (
+            minutes <= 0
+            or self.saved_at is None
+            or self.state.epoch + 1 >= self.config.train.epochs
+            or time.monotonic() - self._last_written >= 60 * minutes
+        )
+        return self.agree(due)
+
+    def copy_for_writing(self, row: dict[str, float], *, full: bool = True, weights: bool = True) -> dict[str, Any]:
+        """Wait for the previous epoch's background write (raising its error), then copy to the CPU the weights
+        (`weights`) and, for last.pt (`full`), the optimiser and scaler states too; row["save_s"] = the time
+        training stood still for both."""
         started = time.perf_counter()
         self.run_folder.wait_for_writes()
-        copy: dict[str, Any] = {}
-        if self.run_folder.is_main:
-            live = {"state_dict": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler is not None else None}  # fmt: skip
-            # the previous epoch's copy is written now (wait_for_writes): its buffers are refilled, not reallocated
-            copy = cpu_copy(live, into=self._snapshot)
-            self._snapshot = copy
+        copy: dict[str, Any] = {"state_dict": None, "optimizer": None, "scaler": None}
+        if self.run_folder.is_main and (full or weights):
+            live: dict[str, Any] = {"state_dict": self.raw_model.state_dict()}
+            if full:
+                live["optimizer"] = self.optimizer.state_dict()
+                live["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+            # the previous copy is written now (wait_for_writes): its buffers are refilled, not reallocated
+            copy = {**copy, **cpu_copy(live, into=self._snapshot)}
+            self._snapshot = {**(self._snapshot or {}), **copy}  # an epoch without last.pt keeps the optimiser's
         row["save_s"] = time.perf_counter() - started
         return copy
 

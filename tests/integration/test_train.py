@@ -119,6 +119,41 @@ def test_resume_after_two_epochs_is_bit_identical(photos, uninterrupted, tmp_pat
     assert len((tmp_path / "run" / "command.txt").read_text().splitlines()) == 2  # the start and the resume
 
 
+@pytest.mark.parametrize("minutes, epochs_with_last", [(10, [1, 3]), (0, [1, 2, 3])])
+def test_last_pt_is_written_after_the_first_and_final_epoch_and_every_checkpoint_minutes(
+    digits, tmp_path, monkeypatch, quick_fit, minutes, epochs_with_last
+):
+    import classicnets.training.run_folder as run_folder
+
+    written: list[tuple[str, int]] = []
+    save = run_folder.save_checkpoint
+    monkeypatch.setattr(run_folder, "save_checkpoint", lambda path, ckpt: (written.append((path.name, ckpt["epoch"])),
+                                                                           save(path, ckpt))[1])  # fmt: skip
+    quick_fit(digits, tmp_path / "run", epochs=3, checkpoint_minutes=minutes)
+    assert [epoch for name, epoch in written if name == "last.pt"] == epochs_with_last
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
+
+
+def test_a_crash_between_checkpoints_resumes_from_the_last_one_to_the_same_weights(
+    photos, uninterrupted, tmp_path, quick_fit, assert_same_run
+):
+    """A crash (not a stop: nothing is saved) after epoch 2, which wrote no last.pt (checkpoint_minutes): the
+    folder's metrics.csv records 2 epochs, last.pt holds epoch 1, and --resume trains epochs 2 and 3 again."""
+    run = tmp_path / "run"
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise MemoryError("the machine ran out of memory")
+
+    with pytest.raises(MemoryError):
+        quick_fit(photos, run, on_epoch_end=crash, **RANDOM_RUN)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2  # the header and two epochs
+    result = fit(resume=run)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert_same_run(uninterrupted, run)
+
+
 def test_resume_from_the_middle_of_an_epoch_is_bit_identical(
     photos, uninterrupted, tmp_path, monkeypatch, quick_fit, assert_same_run
 ):

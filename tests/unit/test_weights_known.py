@@ -39,7 +39,9 @@ def test_every_entry_is_well_formed(known):
         assert len(known.sha256) == 8 and known.fmt == "torchvision" and known.size_bytes is None
         assert known.url == f"https://download.pytorch.org/models/{known.file_name}"
         assert (known.preprocessing.resize_size, known.preprocessing.mean) == (
-            232 if known.tag == "imagenet_v2" else 256, (0.485, 0.456, 0.406))
+            232 if known.tag == "imagenet_v2" else 256,
+            (0.485, 0.456, 0.406),
+        )
     else:  # bvlc_alexnet.npy: no published hash, an exact size instead
         assert (known.model, known.fmt, known.sha256) == ("alexnet2012", "caffe-npy", None)
         assert known.size_bytes == 243_861_814
