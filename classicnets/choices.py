@@ -21,6 +21,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Weight files classicnets reads (classicnets.weights.load) and writes (classicnets.weights.export).
 IMPORT_FORMATS = ("auto", "classicnets", "caffe-npy", "torchvision", "safetensors")
 EXPORT_FORMATS = ("safetensors", "onnx", "torchscript")
+# What runs the model in `predict`: torch (the default path), or onnxruntime's CPU provider on our ONNX export.
+RUNTIMES = ("torch", "onnxruntime")
 # What `bench` times: forward only, the training step, or both.
 BENCH_MODES = ("infer", "train", "both")
 # How `prepare` places files in DST.

@@ -4,11 +4,9 @@ interleaved with the default path, as one more row ("onnxruntime")."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,30 +42,24 @@ def onnxruntime_path(cfg: BenchConfig, device: torch.device, *, required: bool) 
     """onnxruntime's CPU provider (as many threads as torch uses) on the model exported with
     classicnets.weights.export (torch.onnx's dynamo exporter, float32, batch dimension dynamic), from the weights
     the default path starts with (same seed); or {"skipped": why}."""
+    from classicnets.inference.onnx_runtime import import_onnxruntime, onnxruntime_session
+
     try:
-        import onnxruntime
-    except ImportError:
+        onnxruntime = import_onnxruntime("--onnx")
+    except UsageError:
         if required:
-            raise UsageError("--onnx needs onnxruntime: pip install 'classicnets[onnx]'") from None
+            raise
         return {"skipped": "onnxruntime is not installed"}
     if device.type != "cpu":
         return {"skipped": f"onnxruntime's CPU provider is compared with CPU runs only (this run is on {device})"}
-    from classicnets.weights.export import export
+    from classicnets.weights.export import export_bytes
 
     torch.manual_seed(cfg.seed)  # the weights bench._build_paths gives the default path
     model = create_model(cfg.model, num_classes=cfg.num_classes).eval()
-    with tempfile.TemporaryDirectory(prefix="classicnets-bench-") as tmp:
-        onnx_file = Path(tmp) / f"{cfg.model}.onnx"
-        start = time.perf_counter()
-        export(model, onnx_file, fmt="onnx", verify=False)
-        export_s = time.perf_counter() - start
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # Spinning workers would keep burning the cores for a while after each run, into our interleaved turn;
-        # without spinning onnxruntime itself measured as fast or faster here (48 vs 65 ms at load 3, 2 threads).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    start = time.perf_counter()
+    graph, _ = export_bytes(model, fmt="onnx", verify=False)
+    export_s = time.perf_counter() - start
+    session = onnxruntime_session(graph, torch.get_num_threads())
     info = PathInfo(name=ONNXRUNTIME_PATH, precision="fp32", channels_last=False, compiled=False,
                     lrn="our ONNX export", optimizer="inference only")  # fmt: skip
     details = {

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from classicnets.choices import RUNTIMES
 from classicnets.cli.args import add_runtime_flags
 
 
@@ -18,6 +19,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--gradcam", action="store_true", help="draw each image's Grad-CAM map on the grid (needs --grid)")
     p.add_argument("--json", action="store_true", help="JSON lines: file, top-k, every class's probability")
     add_runtime_flags(p)
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="what runs the model: torch, or onnxruntime's CPU provider on our ONNX export (exported once, cached "
+        "beside the weights as NAME.<hash>.onnx; docs/evaluation.md says which to use when)",
+    )
     p.set_defaults(handler=run_predict)
 
 
@@ -47,6 +55,7 @@ def run_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         gradcam=args.gradcam,
         stats=stats,
+        runtime=args.runtime,
     )
     width = min(60, max(len("file"), *(len(str(f)) for f in files)))
     shown: list[Prediction] = []  # the grid's images: the first GRID_MAX_IMAGES only, whatever the folder's size

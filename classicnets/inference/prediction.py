@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from classicnets.choices import RUNTIMES
 from classicnets.errors import DataError, UsageError, first_line
 from classicnets.inference.evaluation import class_names, load_model
 from classicnets.models.base import ClassicNet
@@ -80,6 +81,7 @@ class PredictStats:
     decode_s: float = 0.0
     model_s: float = 0.0
     precision: str = "fp32"
+    runtime: str = "torch"  # or "onnxruntime" (CPU provider, our float32 ONNX export)
 
     @property
     def images_per_s(self) -> float:
@@ -87,12 +89,17 @@ class PredictStats:
         return self.images / total if total > 0 else 0.0
 
     def describe(self) -> str:
-        """'120 images, 85.3 images/s: decoding 0.90 s, model 0.51 s (precision bf16 (weights cast once))'"""
+        """'120 images, 85.3 images/s: decoding 0.90 s, model 0.51 s (torch, precision bf16 (weights cast once))'
+        or '... model 0.62 s (onnxruntime, CPU, precision fp32)'."""
 
         skipped = f" ({self.skipped} unreadable, skipped)" if self.skipped else ""
+        if self.runtime == "torch":
+            how = f"torch, precision {describe_inference_precision(self.precision)}"
+        else:
+            how = f"{self.runtime}, CPU, precision {self.precision}"
         return (
             f"{self.images} images{skipped}, {self.images_per_s:,.1f} images/s: decoding {self.decode_s:.2f} s, "
-            f"model {self.model_s:.2f} s (precision {describe_inference_precision(self.precision)})"
+            f"model {self.model_s:.2f} s ({how})"
         )
 
 
@@ -124,27 +131,42 @@ def iter_predictions(
     precision: str = "auto",
     gradcam: bool = False,
     stats: PredictStats | None = None,
+    runtime: str = "torch",
 ) -> Iterator[Prediction]:
     """The predictions of `files` (see `expand_inputs`) in order, each yielded as soon as its batch is through the
     model: nothing is held beyond one batch, so a caller can print the first line long before a large folder is
     done. Unreadable images are skipped with a warning and counted in `stats`, which also receives the decoding
-    and model time. With `gradcam`, inference runs in float32 (Grad-CAM's backward wants float32 weights)."""
+    and model time. With `gradcam`, inference runs in float32 (Grad-CAM's backward wants float32 weights).
+
+    `runtime="onnxruntime"` runs the same model's float32 ONNX export on onnxruntime's CPU provider instead of torch
+    (exported once per weight file and cached, see classicnets.inference.onnx_runtime); decoding, normalisation,
+    softmax and top-k are the same."""
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; use {' or '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        _check_onnxruntime_request(device, precision, gradcam)
     from classicnets.data import BatchTransform, ImageTransform
     from classicnets.inference.gradcam import grad_cam
 
     stats = PredictStats() if stats is None else stats
-    dev = resolve_device(device)
+    stats.runtime = runtime
+    dev = resolve_device("cpu" if runtime == "onnxruntime" else device)
     model = load_model(weights, copy=True)
-    net, stats.precision = prepare_inference(model, dev, "fp32" if gradcam else precision)
     pre = model.preprocessing
     classes = class_names(model)
+    if runtime == "onnxruntime":
+        forward, channels_last = _onnxruntime_forward(model, weights), False
+        stats.precision = "fp32"
+    else:
+        net, stats.precision = prepare_inference(model, dev, "fp32" if gradcam else precision)
+        forward, channels_last = _torch_forward(net), bool(getattr(model, "channels_last", False))
     k = min(topk, len(classes))
     geometry = ImageTransform(pre, train=False)  # resize + centre crop, as in evaluation
-    to_float = BatchTransform(pre, train=False, channels_last=bool(getattr(model, "channels_last", False)))
+    to_float = BatchTransform(pre, train=False, channels_last=channels_last)
     for start in range(0, len(files), batch_size):
         clock = time.perf_counter()
         batch = files[start : start + batch_size]
@@ -156,9 +178,9 @@ def iter_predictions(
         clock = time.perf_counter()
         images = torch.stack([image for _, image in read])
         x = to_float(images.to(dev))
-        with torch.inference_mode():
-            probs = net(to_input_layout(x, net)).float().softmax(dim=1).cpu()
+        probs = forward(x).float().softmax(dim=1).cpu()
         top = probs.topk(k, dim=1)
+        # (gradcam is refused with onnxruntime, so `net`, the torch model, exists whenever it is asked for)
         heat = grad_cam(net, x, top.indices[:, 0].to(dev))[0] if gradcam else [None] * len(read)
         stats.model_s += time.perf_counter() - clock
         stats.images += len(read)
@@ -173,6 +195,44 @@ def iter_predictions(
             )
 
 
+def _torch_forward(net: ClassicNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(to_input_layout(x, net))
+
+    return forward
+
+
+def _check_onnxruntime_request(device: str, precision: str, gradcam: bool) -> None:
+    """The requests `runtime="onnxruntime"` cannot serve, as one-line UsageErrors, before anything is loaded."""
+    from classicnets.inference.onnx_runtime import import_onnxruntime
+
+    if gradcam:
+        raise UsageError("--gradcam needs the torch model's gradients: drop --runtime onnxruntime to draw it")
+    if device not in ("auto", "cpu"):
+        raise UsageError(f"--runtime onnxruntime runs on the CPU (its CPU provider): drop --device {device}")
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"--runtime onnxruntime runs our float32 ONNX export: drop --precision {precision}")
+    import_onnxruntime("--runtime onnxruntime")
+
+
+def _onnxruntime_forward(
+    model: ClassicNet, weights: str | os.PathLike | ClassicNet
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """model's logits from onnxruntime: the graph takes what the torch model takes (the normalised float32 batch,
+    N x C x H x W, contiguous), with as many threads as torch has."""
+    from classicnets.inference.onnx_runtime import session_for_weights
+    from classicnets.weights.load import weights_file
+
+    source = None if isinstance(weights, torch.nn.Module) else weights_file(weights)
+    session = session_for_weights(model, source, torch.get_num_threads())
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(["logits"], {"input": x.float().contiguous().numpy()})[0])
+
+    return forward
+
+
 def predict(
     weights: str | os.PathLike | ClassicNet,
     inputs: Sequence[str | os.PathLike],
@@ -184,15 +244,16 @@ def predict(
     grid: str | os.PathLike | None = None,
     gradcam: bool = False,
     stats: PredictStats | None = None,
+    runtime: str = "torch",
 ) -> list[Prediction]:
     """Classify every image in `inputs` (files or folders) with `weights` (a file or a model with .classes and
     .preprocessing), as a list (`iter_predictions` streams them instead). Unreadable images are skipped with a
     warning. With `grid`, writes the picture there; with `gradcam`, each prediction gets the Grad-CAM map of its
-    top class (`.heatmap`), drawn over the grid's images."""
+    top class (`.heatmap`), drawn over the grid's images. `runtime`: "torch" or "onnxruntime" (`iter_predictions`)."""
     files = expand_inputs(inputs)
     predictions = list(
         iter_predictions(weights, files, topk=topk, batch_size=batch_size, device=device, precision=precision,
-                         gradcam=gradcam, stats=stats)
+                         gradcam=gradcam, stats=stats, runtime=runtime)
     )  # fmt: skip
     if not predictions:
         raise DataError("none of the images could be read")

@@ -77,6 +77,23 @@ def export(
     onnx.checker's full check, with onnxruntime where installed); a mismatch raises WeightsError and nothing is
     written.
     """
+    data, diff = export_bytes(model, fmt=fmt, classes=classes, verify=verify, opset=opset)
+    atomic_write_bytes(path, data)
+    log.info("wrote %s (%s, %.1f MB)", path, fmt, len(data) / 1e6)
+    return ExportResult(Path(path), fmt, len(data), diff)
+
+
+def export_bytes(
+    model: nn.Module,
+    *,
+    fmt: str,
+    classes: list[str] | None = None,
+    verify: bool = True,
+    opset: int = ONNX_OPSET,
+) -> tuple[bytes, float | None]:
+    """What `export` writes, in memory, and its max abs difference from PyTorch (None when not verified); for a
+    caller that picks where to write only once the bytes exist (predict's ONNX cache: beside the weights, else the
+    user's cache, else nowhere)."""
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if opset < 17:
@@ -96,9 +113,7 @@ def export(
             data, diff = _onnx_bytes(cpu_net, metadata, opset, verify)
         else:
             data, diff = _torchscript_bytes(cpu_net, metadata, verify)
-    atomic_write_bytes(path, data)
-    log.info("wrote %s (%s, %.1f MB)", path, fmt, len(data) / 1e6)
-    return ExportResult(Path(path), fmt, len(data), diff)
+    return data, diff
 
 
 @contextlib.contextmanager

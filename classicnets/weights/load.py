@@ -32,7 +32,7 @@ from classicnets.models.preprocessing import Preprocessing
 from classicnets.weights import caffe
 from classicnets.weights.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from classicnets.weights.checkpoint import load_checkpoint, safe_torch_load, validate_checkpoint
-from classicnets.weights.hub import fetch_weights, sha256_of, weights_dir
+from classicnets.weights.hub import cached_path, fetch_weights, sha256_of, weights_dir
 from classicnets.weights.known import KnownWeights, find_known_weights
 from classicnets.weights.metadata import empty_model, is_ours, model_from_metadata
 from classicnets.weights.state_dicts import load_state_dict_strict, unwrap_state_dict
@@ -122,6 +122,13 @@ def load_weights(
     if num_classes is not None and num_classes != net.num_classes:
         replace_head(net, num_classes)
     return net
+
+
+def weights_file(path: str | os.PathLike, *, model: str | None = None) -> Path:
+    """The file `load_weights(path, model=model)` reads: `path` itself, or for a known name its file in the weights
+    cache (call after load_weights, which downloads it)."""
+    known = find_known_weights(path, model)
+    return Path(path) if known is None else cached_path(known)
 
 
 def _load_known(known: KnownWeights, *, fmt: str, progress: bool) -> ClassicNet:

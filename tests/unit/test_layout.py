@@ -117,6 +117,7 @@ def subcommand_choices() -> dict[tuple[str, str], tuple[str, ...]]:
         ("train", "--cache", choices.DATA_CACHE),
         ("eval", "--precision", choices.PRECISIONS),
         ("predict", "--precision", choices.PRECISIONS),
+        ("predict", "--runtime", choices.RUNTIMES),
         ("bench", "--precision", choices.PRECISIONS),
         ("bench", "--mode", choices.BENCH_MODES),
         ("import", "--from", choices.IMPORT_FORMATS),

@@ -3,6 +3,8 @@ registered network it names, and how a --weights value is told apart as a name o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch.hub
 
@@ -11,7 +13,7 @@ from classicnets.models.registry import create_model, get_model_info, list_model
 from classicnets.models.summary import summarize
 from classicnets.weights.caffe import CAFFE_PREPROCESSING
 from classicnets.weights.known import KNOWN_WEIGHTS, find_known_weights, list_known_weights, weights_reference
-from classicnets.weights.load import imagenet_classes
+from classicnets.weights.load import imagenet_classes, weights_file
 
 MIB = 2**20
 
@@ -77,6 +79,18 @@ def test_paths_are_not_names(tmp_path, monkeypatch):
     assert find_known_weights("alexnet.imagenet") is None
     assert weights_reference("alexnet.imagenet", "alexnet") == str(tmp_path / "alexnet.imagenet")
     assert weights_reference("imagenet", "resnet18") == "resnet18.imagenet"
+
+
+def test_weights_file_is_the_path_itself_or_the_cached_download_a_name_stands_for(tmp_path, monkeypatch):
+    """What `predict --runtime onnxruntime` hashes to key its cached graph: the file load_weights read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLASSICNETS_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "weights"
+    assert weights_file("resnet18.imagenet") == cache / KNOWN_WEIGHTS["resnet18.imagenet"].file_name
+    assert weights_file("imagenet", model="alexnet") == cache / KNOWN_WEIGHTS["alexnet.imagenet"].file_name
+    assert weights_file("runs/best.pt") == Path("runs/best.pt")
+    (tmp_path / "resnet18.imagenet").write_bytes(b"mine")  # a file of that name wins, as in load_weights
+    assert weights_file("resnet18.imagenet") == Path("resnet18.imagenet")
 
 
 @pytest.mark.parametrize(
