@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from classicnets.process_env import apply_fast_cpu_env
+    from classicnets.process_env import apply_fast_cpu_env, keep_freed_memory
 
     # Every command, before torch is imported (here it is not yet, in a fresh process): huge pages for big tensors,
-    # sleeping OpenMP threads (process_env.py). The same settings for `train` as for the `bench` that timed it.
+    # sleeping OpenMP threads, malloc keeping freed memory (process_env.py). The same settings for `train` as for
+    # the `bench` that timed it.
     apply_fast_cpu_env()
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -159,6 +159,32 @@ def test_fast_cpu_environment_is_set_before_torch_and_respects_the_user():
     assert json.loads(out) == [{"THP_MEM_ALLOC_ENABLE": "1"}, "ACTIVE"]
 
 
+
+def test_keep_freed_memory_keeps_a_freed_64_mib_block_and_respects_the_user():
+    """With keep_freed_memory a freed 64 MiB block stays in the process for the next allocation (resident memory
+    does not drop); by default glibc maps such a block afresh and unmaps it on free. Skipped off glibc."""
+    import ctypes
+    import os
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018  (the attribute lookup is the test for glibc)
+    except AttributeError:
+        pytest.skip("not glibc: keep_freed_memory does nothing here")
+    code = (
+        "import os, sys; from classicnets.process_env import keep_freed_memory; kept = keep_freed_memory(); "
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20; "
+        "block = b'x' * (64 << 20); before = rss(); del block; print(kept, before - rss())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,  # noqa: E731
+                                     check=True).stdout.split()  # fmt: skip
+    kept, released = run(env)
+    assert kept == "True" and int(released) < 8  # MiB handed back on free: none (the block stays for reuse)
+    kept, released = run({**env, "MALLOC_TRIM_THRESHOLD_": "131072"})  # the user's own malloc tuning wins
+    assert kept == "False" and int(released) >= 60  # glibc's default: the block was unmapped
+
 def _seeded(name: str, num_classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
     return create_model(name, num_classes=num_classes)
