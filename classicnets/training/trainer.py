@@ -311,8 +311,9 @@ class Trainer:
                 live["optimizer"] = self.optimizer.state_dict()
                 live["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
             # the previous copy is written now (wait_for_writes): its buffers are refilled, not reallocated
-            copy = {**copy, **cpu_copy(live, into=self._snapshot)}
-            self._snapshot = {**(self._snapshot or {}), **copy}  # an epoch without last.pt keeps the optimiser's
+            fresh = cpu_copy(live, into=self._snapshot)
+            copy = {**copy, **fresh}
+            self._snapshot = {**(self._snapshot or {}), **fresh}  # an epoch without last.pt keeps the optimiser's
         row["save_s"] = time.perf_counter() - started
         return copy
 
