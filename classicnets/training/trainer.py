@@ -298,7 +298,7 @@ class Trainer:
         )
         return self.agree(due)
 
-    def copy_for_writing(self, row: dict[str, float], *, full: bool = True, weights: bool = True) -> dict[str, Any]:
+    def copy_for_writing(self, row: dict[str, float], *, full: bool, weights: bool) -> dict[str, Any]:
         """Wait for the previous epoch's background write (raising its error), then copy to the CPU the weights
         (`weights`) and, for last.pt (`full`), the optimiser and scaler states too; row["save_s"] = the time
         training stood still for both."""
@@ -312,7 +312,7 @@ class Trainer:
                 live["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
             # the previous copy is written now (wait_for_writes): its buffers are refilled, not reallocated
             fresh = cpu_copy(live, into=self._snapshot)
-            copy = {**copy, **fresh}
+            copy.update(fresh)
             self._snapshot = {**(self._snapshot or {}), **fresh}  # an epoch without last.pt keeps the optimiser's
         row["save_s"] = time.perf_counter() - started
         return copy
